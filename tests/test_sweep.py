@@ -1,0 +1,127 @@
+"""End to end on SmolLM2 with a short context: the results folder, resume after SIGKILL."""
+
+import json
+import signal
+import subprocess
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+from sweep_helpers import ROOT, run_sweep_cli, sweep_cmd
+
+from spectra_interp import store
+from spectra_interp.config import SweepConfig
+from spectra_interp.sweep import blocks, control_source, strongest_heads
+
+HEAD_COLUMNS = (
+    "layer head n_tokens n_windows pearson_r pearson_r_log spearman_rho partial_r_position "
+    "ci_low ci_high p_naive p_cluster q_fdr perm_r random_init_r passes"
+).split()
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    out = tmp_path_factory.mktemp("sweep") / "run"
+    done = run_sweep_cli(out, "--no-progress")
+    assert done.returncode == 0, done.stderr
+    return out, done
+
+
+def test_results_folder_is_complete(finished):
+    out, done = finished
+    for name in (
+        "config.json",
+        "head_stats.csv",
+        "summary.json",
+        "token_sample.parquet",
+        "attention_sample.npz",
+        "report.html",
+        "windows/tokens.npy",
+        "windows/meta.csv",
+    ):
+        assert (out / name).is_file(), name
+    table = pd.read_csv(out / "head_stats.csv")
+    assert len(table) == 270 and set(HEAD_COLUMNS) <= set(table.columns)
+    assert table["n_windows"].eq(6).all() and table["random_init_r"].notna().all()
+    assert np.load(out / "windows" / "tokens.npy").shape == (6, 64)
+    assert (
+        len(store.done_windows(out, "trained")) == len(store.done_windows(out, "random_init")) == 6
+    )
+    config = json.loads((out / "config.json").read_text())
+    assert config["identity"]["ctx"] == 64 and config["environment"]["packages"]["torch"]
+    assert config["q_hook"] == "blocks.{layer}.attn.hook_q"
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["heads_total"] == 270 and summary["run"]["n_windows"] == 6
+    sample = pd.read_parquet(out / "token_sample.parquet")
+    assert set(sample["model"]) == {"trained", "random_init"}
+    attention = np.load(out / "attention_sample.npz")
+    assert attention["pattern"].shape == (30, 9, 48, 48)
+    assert "Verdict" in done.stdout and "Report:" in done.stdout and "pearson_r" in done.stdout
+
+
+def test_killed_run_resumes_to_the_same_table(finished, tmp_path):
+    out = tmp_path / "killed"
+    proc = subprocess.Popen(
+        sweep_cmd(out, "--no-progress"),
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.time() + 300
+    while len(store.done_windows(out, "trained")) < 2 and time.time() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    partial = store.done_windows(out, "trained")
+    assert 2 <= len(partial) < 6 and not (out / "head_stats.csv").exists()
+    resumed = run_sweep_cli(out, "--no-progress")
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"{len(partial)} windows already done" in resumed.stdout
+    expected = pd.read_csv(finished[0] / "head_stats.csv")
+    pd.testing.assert_frame_equal(pd.read_csv(out / "head_stats.csv"), expected)
+
+
+def test_other_settings_in_the_folder_are_an_error(finished):
+    done = run_sweep_cli(finished[0], "--seed", "7")
+    assert done.returncode == 2
+    assert "seed: folder has 0, this run has 7" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_overwrite_replaces_a_folder_of_other_settings(tmp_path):
+    out = tmp_path / "run"
+    store.write_json(out / "config.json", {"identity": {"seed": 99}})
+    store.write_shard(out, "trained", 0, stats=np.zeros(1))
+    config = SweepConfig(out=str(out), overwrite=True)
+    assert store.prepare_folder(out, config.identity(), overwrite=True) is False
+    assert not (out / "shards").exists() and not (out / "config.json").exists()
+
+
+def test_blocks_are_fixed_by_window_index():
+    got = [b.rows.tolist() for b in blocks(5, 2)]
+    assert got == [[0, 1], [2, 3], [4]]
+
+
+def test_random_init_control_source():
+    assert control_source(SweepConfig()) == ("random:smollm2-135m", 0)
+    assert control_source(SweepConfig(model="random:smollm2-135m", seed=3)) == (
+        "random:smollm2-135m",
+        4,
+    )
+
+
+def test_strongest_heads_orders_by_absolute_r():
+    table = pd.DataFrame(
+        {
+            "layer": [0, 0, 1],
+            "head": [0, 1, 0],
+            "pearson_r": [0.1, -0.9, 0.5],
+            "ci_low": 0,
+            "ci_high": 0,
+            "partial_r_position": 0,
+            "q_fdr": 0,
+            "passes": False,
+        }
+    )
+    assert strongest_heads(table, n=2)["pearson_r"].tolist() == [-0.9, 0.5]

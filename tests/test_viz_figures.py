@@ -1,0 +1,144 @@
+"""The plotly figure functions: pure, and the numbers in them are the numbers given."""
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+import pytest
+
+from spectra_interp.viz import figures
+
+
+@pytest.fixture
+def table() -> pd.DataFrame:
+    """Two layers x three heads, one passing negative head, one passing positive head."""
+    rows = []
+    for layer in range(2):
+        for head in range(3):
+            r = -0.1 * (layer * 3 + head)
+            rows.append(
+                {
+                    "layer": layer,
+                    "head": head,
+                    "n_tokens": 1000 + head,
+                    "pearson_r": r,
+                    "ci_low": r - 0.05,
+                    "ci_high": r + 0.05,
+                    "q_fdr": 0.5,
+                    "perm_r": 0.01,
+                    "random_init_r": -0.02,
+                    "passes": False,
+                    "sign": -1 if r < 0 else (1 if r > 0 else 0),
+                }
+            )
+    t = pd.DataFrame(rows)
+    t.loc[5, ["pearson_r", "passes", "sign"]] = [-0.7, True, -1]
+    t.loc[1, ["pearson_r", "passes", "sign"]] = [0.6, True, 1]
+    return t
+
+
+def test_density_summary_counts_every_finite_point_and_fits_the_line():
+    rng = np.random.default_rng(0)
+    x = rng.uniform(1, 10, 100_000)
+    y = 5.0 - 0.3 * x + rng.normal(0, 0.01, x.size)
+    x[:10] = np.nan
+    d = figures.density_summary(x, y, bins=30)
+    assert d.counts.shape == (30, 30)
+    assert d.counts.sum() == d.n == 100_000 - 10
+    assert d.slope == pytest.approx(-0.3, abs=1e-3)
+    assert d.intercept == pytest.approx(5.0, abs=1e-2)
+
+
+def test_density_summary_of_no_points_is_empty_not_an_error():
+    d = figures.density_summary(np.array([]), np.array([]))
+    assert d.n == 0 and d.counts.sum() == 0 and np.isnan(d.slope)
+
+
+def test_density_traces_hide_empty_bins_and_keep_counts_for_hover():
+    d = figures.density_summary(np.array([1.0, 1.0, 2.0, 3.0]), np.array([1.0, 1.0, 2.0, 3.0]), 3)
+    heat, line = figures.density_traces(d)
+    assert np.isnan(heat["z"][0, 1])
+    assert heat["customdata"][0, 0] == 2
+    assert heat["z"][0, 0] == pytest.approx(np.log10(2))
+    assert line["y"][0] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_fit_line_stays_inside_the_entropy_range():
+    x = np.linspace(0, 10, 200)
+    y = np.clip(3 - x, 0, None)
+    d = figures.density_summary(x, y)
+    _, line = figures.density_traces(d)
+    assert line["y"].min() >= d.y_edges[0] - 1e-5
+    assert line["y"].max() <= d.y_edges[-1] + 1e-5
+
+
+def test_qnorm_entropy_figure_handles_100k_points_as_a_small_heatmap():
+    rng = np.random.default_rng(1)
+    fig = figures.qnorm_entropy_figure(rng.normal(size=100_000), rng.normal(size=100_000), "t")
+    assert isinstance(fig, go.Figure)
+    assert fig.data[0].type == "heatmap" and np.asarray(fig.data[0].z).size == 40 * 40
+    assert fig.layout.title.text == "t"
+    assert len(fig.to_json()) < 60_000
+
+
+def test_position_profile_means_per_bin_and_ceiling():
+    pos = np.repeat(np.arange(8), 3)
+    q = pos.astype(float) * 2
+    h = np.tile([0.0, 1.0, 2.0], 8)
+    prof = figures.position_profile(pos, q, h, n_bins=4)
+    assert list(prof["n"]) == [6, 6, 6, 6]
+    assert prof["qnorm_mean"].tolist() == pytest.approx([1, 5, 9, 13])
+    assert prof["entropy_mean"].tolist() == pytest.approx([1, 1, 1, 1])
+    assert (prof["entropy_lo"] < prof["entropy_hi"]).all()
+    assert prof["log_n_keys"].iloc[0] == pytest.approx(np.mean(np.log([1, 2])))
+
+
+def test_position_figure_draws_both_quantities_and_the_ceiling():
+    pos = np.arange(64)
+    prof = figures.position_profile(pos, pos * 1.0, np.log(pos + 1) / 2)
+    fig = figures.position_figure(prof, "L1 H2")
+    assert len(fig.data) == len(figures.position_traces(prof)) == 7
+    assert fig.data[6].y.tolist() == pytest.approx(prof["log_n_keys"].tolist())
+    assert fig.layout.title.text == "L1 H2"
+
+
+def test_heatmap_places_each_head_and_outlines_passing_ones(table):
+    fig = figures.head_heatmap(table)
+    heat, outline = fig.data
+    z = np.asarray(heat.z)
+    assert z.shape == (3, 2)
+    assert z[2, 1] == pytest.approx(-0.7)
+    assert z[1, 0] == pytest.approx(0.6)
+    assert heat.zmid == 0
+    assert sorted(zip(outline.x, outline.y, strict=True)) == [(0, 1), (1, 2)]
+    assert "customdata[1]" in heat.hovertemplate and "customdata[3]" in heat.hovertemplate
+    assert heat.customdata[2][1][4] == 1002
+
+
+def test_distribution_has_trained_and_both_controls_and_drops_missing(table):
+    names = [t.name for t in figures.r_distribution(table).data]
+    assert names == ["trained", "permutation", "random init"]
+    names = [t.name for t in figures.r_distribution(table.drop(columns="perm_r")).data]
+    assert names == ["trained", "random init"]
+
+
+def test_passing_counts_and_verdict_figure_split_by_sign(table):
+    counts = figures.passing_counts(table)
+    assert counts.negative.tolist() == [0, 1]
+    assert counts.positive.tolist() == [1, 0]
+    fig = figures.verdict_figure(table)
+    assert "2 of 6 heads pass (1 negative, 1 positive)" in fig.layout.title.text
+
+
+def test_sign_and_passes_read_words_and_strings(table):
+    t = table.assign(sign=np.where(table.sign < 0, "negative", "positive"), passes="False")
+    t.loc[5, "passes"] = "True"
+    assert figures.passes_mask(t).tolist() == [False] * 5 + [True]
+    assert figures.sign_of(t)[5] == -1 and figures.sign_of(t)[1] == 1
+    assert figures.sign_of(table.drop(columns="sign"))[5] == -1
+
+
+def test_head_title_names_the_numbers(table):
+    title = figures.head_title(table.iloc[5])
+    assert title.startswith("L1 H2")
+    assert "r = -0.700 [-0.550, -0.450]" in title and "n = 1,002" in title
+    assert figures.head_title({"layer": 0, "head": 1}) == "L0 H1"
