@@ -53,6 +53,10 @@ def sweep_parser(prog: str = "sweep_heads.py") -> argparse.ArgumentParser:
     p.add_argument("--pack", action="store_true", help="pack documents shorter than ctx")
     p.add_argument("--batch-size", type=int, help=f"windows per forward pass [{d.batch_size}]")
     p.add_argument("--device", help="auto (CUDA when present), cpu, cuda, cuda:N [auto]")
+    p.add_argument(
+        "--device-map",
+        help="spread a model too large for one GPU over all GPUs (auto); not with torchrun",
+    )
     p.add_argument("--dtype", choices=DTYPES, help="auto is float16 on CUDA, float32 on CPU")
     p.add_argument(
         "--method",

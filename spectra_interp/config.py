@@ -53,6 +53,7 @@ class SweepConfig:
     pack: bool = False
     batch_size: int = 1
     device: str = "auto"
+    device_map: str | None = None
     dtype: str = "auto"
     method: str = "stream"
     layers_per_pass: int = 4
@@ -115,6 +116,15 @@ def validate(config: SweepConfig) -> None:
         raise SpectraError(
             f"--skip-first must be between 1 and ctx - 3 (position 0 always has H = 0); "
             f"got {config.skip_first}."
+        )
+    if config.device_map and config.device_map not in ("auto", "balanced", "sequential", "cpu"):
+        raise SpectraError(
+            f"--device-map must be auto, balanced, sequential or cpu; got {config.device_map!r}."
+        )
+    if config.device_map and "random-init" in config.controls:
+        raise SpectraError(
+            "The random-init control builds its model on one device; with --device-map use "
+            "--controls randomization,position and run random:<model> separately where it fits."
         )
     if config.method not in METHODS:
         raise SpectraError(f"--method must be one of {METHODS}; got {config.method!r}.")

@@ -226,12 +226,17 @@ def _random_hf_model(config: Any, seed: int, device: torch.device, dtype: torch.
     return model.eval()
 
 
-def _pretrained_hf_model(location: str, device: torch.device, dtype: torch.dtype) -> Any:
+def _embedding_device(hf_model: Any) -> torch.device:
+    """Where the input embedding lives when accelerate spread a model over several devices."""
+    return hf_model.get_input_embeddings().weight.device
+
+
+def _pretrained_hf_model(location: str, device_map: str, dtype: torch.dtype) -> Any:
     from transformers import AutoModelForCausalLM
 
     try:
         model = AutoModelForCausalLM.from_pretrained(
-            location, dtype=dtype, attn_implementation="eager", device_map=str(device)
+            location, dtype=dtype, attn_implementation="eager", device_map=device_map
         )
     except (OSError, ValueError) as err:
         if Path(location).exists():
@@ -262,6 +267,7 @@ def load_model(
     device: str = "auto",
     dtype: str | torch.dtype = "auto",
     seed: int = 0,
+    device_map: str | None = None,
 ) -> Any:
     """Load `source` as a `TransformerBridge` in eval mode with `hook_q` and `hook_pattern`.
 
@@ -269,17 +275,23 @@ def load_model(
     A random model whose trained tokenizer cannot be had offline, or a local folder without
     tokenizer files, gets a placeholder tokenizer (`bridge.spectra_placeholder_tokenizer` is
     True): it still runs on token ids, and `load_tokenizer` says clearly why text cannot be.
+    `device_map` (e.g. `auto`) spreads a pretrained model too large for one GPU over all visible
+    devices with accelerate; the hooks reduce each layer where it runs.
     """
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     resolved = resolve_source(source)
     torch_device = pick_device(device)
     torch_dtype = pick_dtype(dtype, torch_device)
+    if device_map and resolved.random_init:
+        raise SpectraError("--device-map applies to pretrained weights, not random: sources.")
     if resolved.random_init:
         hf_model = _random_hf_model(load_config(source), seed, torch_device, torch_dtype)
         tokenizer, placeholder = _tokenizer_or_placeholder(source)
     else:
         location = _pretrained_location(resolved)
-        hf_model = _pretrained_hf_model(location, torch_device, torch_dtype)
+        hf_model = _pretrained_hf_model(location, device_map or str(torch_device), torch_dtype)
+        if device_map:
+            torch_device = _embedding_device(hf_model)
         if resolved.kind == "hub":
             tokenizer, placeholder = load_tokenizer(source), False
         else:

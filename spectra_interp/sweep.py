@@ -221,6 +221,8 @@ def estimate_bytes(config: SweepConfig, n_layers: int, n_heads: int) -> int:
 def run_sweep(config: SweepConfig, *, progress: bool = True, log: Any = print) -> Path:
     """Run (or resume) the sweep of `config`; returns the results folder."""
     dist = Dist.from_env(config.device)
+    if config.device_map and dist.world_size > 1:
+        raise SpectraError("--device-map spreads one model over all GPUs; run it without torchrun.")
     try:
         return _run(config, dist, progress, log)
     finally:
@@ -262,7 +264,10 @@ def _run(config: SweepConfig, dist: Dist, progress: bool, log: Any) -> Path:
         )
     timings = {}
     for label, source, seed in model_passes(config):
-        model = models.load_model(source, device=str(device), dtype=dtype, seed=seed)
+        device_map = config.device_map if label == "trained" else None
+        model = models.load_model(
+            source, device=str(device), dtype=dtype, seed=seed, device_map=device_map
+        )
         timings[label] = run_model_pass(model, label, windows, config, out, dist, progress)
         if label == "trained" and dist.rank == 0:
             store.write_npz(

@@ -130,3 +130,10 @@ def test_bad_dtype_and_device():
         models.pick_dtype("float8", torch.device("cpu"))
     with pytest.raises(SpectraError, match="Unknown device"):
         models.pick_device("tpu-ish")
+
+
+def test_device_map_places_a_pretrained_model(tiny_llama_dir):
+    model = load_model(str(tiny_llama_dir), device="cpu", device_map="cpu")
+    assert str(model.cfg.device) == "cpu" and describe(model)["n_layers"] == 3
+    with pytest.raises(SpectraError, match="not random"):
+        load_model("random:smollm2-135m", device_map="auto")
