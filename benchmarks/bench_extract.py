@@ -5,6 +5,8 @@ inflate the next. Configurations:
 - bare:        model(tokens), no hooks, logits computed (what a user's forward costs);
 - bare-trunk:  the same forward stopped after the last block (no unembedding), no hooks:
                the floor for anything that needs only attention statistics;
+- stream-naive: the same hooks with the textbook entropy -(xlogy(p, p)).sum(-1) over the full
+               square pattern (the "before" of the blocked causal entropy);
 - stream:      Spectra's default (hooks reduce hook_q and hook_pattern on the fly);
 - cache-all:   run_with_cache of every layer's hook_q and hook_pattern in one pass (naive);
 - cache-group: run_with_cache over groups of --layers-per-pass layers.
@@ -32,7 +34,7 @@ import sys
 import time
 from pathlib import Path
 
-CONFIGS = ("bare", "bare-trunk", "stream", "cache-all", "cache-group")
+CONFIGS = ("bare", "bare-trunk", "stream-naive", "stream", "cache-all", "cache-group")
 RESULTS = Path(__file__).with_name("RESULTS.md")
 
 
@@ -50,7 +52,19 @@ def measure(args: argparse.Namespace) -> dict:
     cuda = model.cfg.device is not None and str(model.cfg.device).startswith("cuda")
     n_layers = model.cfg.n_layers
 
+    kept: list = []
+
+    def naive_entropy(pattern, hook):
+        kept.append(-(torch.xlogy(pattern.float(), pattern.float())).sum(-1).cpu())
+
+    def naive_norm(q, hook):
+        kept.append(q.float().norm(dim=-1).cpu())
+
+    naive_hooks = [(f"blocks.{i}.attn.hook_pattern", naive_entropy) for i in range(n_layers)]
+    naive_hooks += [(f"blocks.{i}.attn.hook_q", naive_norm) for i in range(n_layers)]
+
     def once() -> None:
+        kept.clear()
         with torch.inference_mode():
             if args.config == "bare":
                 model(tokens)
@@ -58,6 +72,10 @@ def measure(args: argparse.Namespace) -> dict:
                 model.run_with_hooks(tokens, fwd_hooks=[], stop_at_layer=n_layers, return_type=None)
             elif args.config == "stream":
                 extract(model, tokens, method="stream")
+            elif args.config == "stream-naive":
+                model.run_with_hooks(
+                    tokens, fwd_hooks=naive_hooks, stop_at_layer=n_layers, return_type=None
+                )
             elif args.config == "cache-all":
                 extract(model, tokens, method="cache", layers_per_pass=n_layers)
             else:
@@ -138,7 +156,9 @@ def fit_exponent(ctxs: list[int], times: list[float]) -> float | None:
         return None
     xs, ys = [math.log(c) for c in ctxs], [math.log(t) for t in times]
     mx, my = statistics.fmean(xs), statistics.fmean(ys)
-    return sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
+    return sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sum(
+        (x - mx) ** 2 for x in xs
+    )
 
 
 def table(args: argparse.Namespace, rows: list[dict]) -> str:
@@ -235,7 +255,10 @@ def main() -> None:
     text = header(args) + "\n" + table(args, rows) + "\n"
     print(text)
     if not args.no_write:
-        write_section(text, f"{args.model}-{args.dtype}-{args.device.split(':')[0]}")
+        device = args.device.split(":")[0]
+        write_section(
+            text, f"{args.model}-{args.dtype}-{device}-{args.ctx}-{','.join(args.configs)}"
+        )
 
 
 if __name__ == "__main__":

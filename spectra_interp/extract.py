@@ -98,7 +98,9 @@ def _stream(model: Any, tokens: Tensor) -> tuple[dict[int, Tensor], dict[int, Te
     for layer in range(n_layers):
         hooks.append((Q_HOOK.format(layer=layer), on_q(layer)))
         hooks.append((PATTERN_HOOK.format(layer=layer), on_pattern(layer)))
-    model.run_with_hooks(tokens, fwd_hooks=hooks, stop_at_layer=n_layers, return_type=None)
+    model.run_with_hooks(
+        tokens, fwd_hooks=hooks, stop_at_layer=n_layers, return_type=None, output_attentions=False
+    )
     return norms, entropies
 
 

@@ -28,7 +28,14 @@ import pandas as pd
 from spectra_interp.errors import SpectraError
 
 SCHEMA_VERSION = 1
-MODELS = ("trained", "random_init")
+RESULT_FILES = (
+    "config.json",
+    "head_stats.csv",
+    "summary.json",
+    "token_sample.parquet",
+    "attention_sample.npz",
+    "report.html",
+)
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:
@@ -154,13 +161,5 @@ def _clear(out: Path) -> None:
 
     for name in ("shards", "windows"):
         shutil.rmtree(out / name, ignore_errors=True)
-    for name in (
-        "config.json",
-        "head_stats.csv",
-        "summary.json",
-        "token_sample.parquet",
-        "attention_sample.npz",
-        "report.html",
-        "run.json",
-    ):
+    for name in RESULT_FILES:
         (out / name).unlink(missing_ok=True)

@@ -30,16 +30,7 @@ def finished(tmp_path_factory):
 
 def test_results_folder_is_complete(finished):
     out, done = finished
-    for name in (
-        "config.json",
-        "head_stats.csv",
-        "summary.json",
-        "token_sample.parquet",
-        "attention_sample.npz",
-        "report.html",
-        "windows/tokens.npy",
-        "windows/meta.csv",
-    ):
+    for name in (*store.RESULT_FILES, "windows/tokens.npy", "windows/meta.csv"):
         assert (out / name).is_file(), name
     table = pd.read_csv(out / "head_stats.csv")
     assert len(table) == 270 and set(HEAD_COLUMNS) <= set(table.columns)

@@ -1,6 +1,7 @@
 """circuitsvis views: the bundle is inlined (never the CDN), and a model run keeps one head."""
 
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -68,3 +69,38 @@ def test_attention_view_runs_one_layer_of_smollm2(smollm2):
     assert "CircuitsVis.ColoredTokensMulti" in str(attention.head_token_view(smollm2, text, 3, 2))
     with pytest.raises(SpectraError, match="head 9 is out of range"):
         attention.run_head(smollm2, text, layer=0, head=9)
+
+
+def test_views_render_in_headless_chromium_with_the_bundle_once_or_inline(tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    chromium = Path("/usr/bin/chromium")
+    assert chromium.exists(), f"Chromium is required at {chromium} (apt-get install chromium)"
+    parts = [
+        attention.bundle_html(),
+        attention.pattern_view(TOKENS, _causal(4), bundle=False),
+        attention.token_view(TOKENS, np.arange(4.0), np.array([0.0, 0.7, 1.0, 1.3]), bundle=False),
+        attention.pattern_view(TOKENS, _causal(4)),
+    ]
+    page_path = tmp_path / "views.html"
+    page_path.write_text("<html><body>" + "".join(map(str, parts)) + "</body></html>")
+    errors, requests = [], []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(chromium), args=["--no-sandbox"])
+        try:
+            page = browser.new_page()
+            page.on("console", lambda m: m.type == "error" and errors.append(m.text))
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.on("request", lambda r: requests.append(r.url))
+            page.goto(page_path.as_uri())
+            page.wait_for_function("document.querySelectorAll('canvas').length >= 2")
+            page.wait_for_function("document.body.innerText.includes('cat')")
+            rendered = page.evaluate(
+                "[...document.querySelectorAll('div[id^=spectra-cv-]')]"
+                ".map(d => d.childElementCount > 0)"
+            )
+        finally:
+            browser.close()
+    assert rendered == [True, True, True]
+    assert errors == []
+    assert requests == [page_path.as_uri()]

@@ -51,14 +51,26 @@ class CircuitsVisHTML:
         return self.html
 
 
-def render_local(component: str, **props: object) -> CircuitsVisHTML:
-    """Render a circuitsvis React component with the bundle inlined (no CDN, no network)."""
+def bundle_html() -> CircuitsVisHTML:
+    """The bundle alone, made global: display it once, then views made with `bundle=False`
+    are a few kB each instead of 1.3 MB (what a page of many redraws, e.g. a widget, wants)."""
+    return CircuitsVisHTML(f"<script>\n{bundle_js()}\nwindow.CircuitsVis = CircuitsVis;\n</script>")
+
+
+def render_local(component: str, bundle: bool = True, **props: object) -> CircuitsVisHTML:
+    """Render a circuitsvis React component from the local bundle (no CDN, no network).
+
+    `bundle=True` inlines the bundle (standalone HTML); `bundle=False` relies on `bundle_html()`
+    having been displayed earlier on the page.
+    """
     div = f"spectra-cv-{uuid.uuid4().hex[:12]}"
     clean = {k: _plain(v) for k, v in props.items() if v is not None}
+    source = f"{bundle_js()}\n" if bundle else ""
+    cv = "CircuitsVis" if bundle else "window.CircuitsVis"
     html = (
         f'<div id="{div}" style="margin: 10px 0;"></div>\n'
-        f"<script>\n{bundle_js()}\n"
-        f'CircuitsVis.render("{div}", CircuitsVis.{component}, {json_for_script(clean)});\n'
+        f"<script>\n{source}"
+        f'{cv}.render("{div}", {cv}.{component}, {json_for_script(clean)});\n'
         "</script>"
     )
     return CircuitsVisHTML(html)
@@ -74,7 +86,9 @@ def _plain(value: object) -> object:
     return value
 
 
-def pattern_view(token_strs: list[str], pattern: Float[np.ndarray, "query key"]) -> CircuitsVisHTML:
+def pattern_view(
+    token_strs: list[str], pattern: Float[np.ndarray, "query key"], bundle: bool = True
+) -> CircuitsVisHTML:
     """One head's attention pattern (rows: query tokens, columns: keys)."""
     pattern = np.asarray(pattern, dtype=np.float32)
     if pattern.shape != (len(token_strs), len(token_strs)):
@@ -83,6 +97,7 @@ def pattern_view(token_strs: list[str], pattern: Float[np.ndarray, "query key"])
         )
     return render_local(
         "AttentionPattern",
+        bundle,
         tokens=list(token_strs),
         attention=pattern,
         maxValue=1.0,
@@ -93,7 +108,10 @@ def pattern_view(token_strs: list[str], pattern: Float[np.ndarray, "query key"])
 
 
 def token_view(
-    token_strs: list[str], qnorm: Float[np.ndarray, " pos"], entropy: Float[np.ndarray, " pos"]
+    token_strs: list[str],
+    qnorm: Float[np.ndarray, " pos"],
+    entropy: Float[np.ndarray, " pos"],
+    bundle: bool = True,
 ) -> CircuitsVisHTML:
     """Tokens coloured by H or by ‖q‖ (a toggle), the two numbers on hover."""
     values = np.stack([np.asarray(entropy), np.asarray(qnorm)], axis=1).astype(np.float64)
@@ -101,6 +119,7 @@ def token_view(
         raise SpectraError(f"{values.shape[0]} values for {len(token_strs)} tokens.")
     return render_local(
         "ColoredTokensMulti",
+        bundle,
         tokens=list(token_strs),
         values=values,
         labels=["entropy H (nats)", "‖q‖"],
