@@ -11,7 +11,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from spectra_interp.sagemaker import launcher_main  # noqa: E402
+from spectra_interp.deploy.sagemaker.launcher import main  # noqa: E402
 
 if __name__ == "__main__":
-    sys.exit(launcher_main())
+    sys.exit(main())

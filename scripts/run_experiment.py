@@ -6,9 +6,7 @@ weights it says so in one sentence and names the offline command.
 
 import sys
 
-from spectra_interp.cli import EXPERIMENT_PRESET, guarded, run_sweep_command
+from spectra_interp.cli import script_main
 
 if __name__ == "__main__":
-    sys.exit(
-        guarded(lambda: run_sweep_command(sys.argv[1:], EXPERIMENT_PRESET, "run_experiment.py"))
-    )
+    sys.exit(script_main("experiment", "run_experiment.py"))

@@ -6,7 +6,7 @@ sharded across ranks.
 
 import sys
 
-from spectra_interp.cli import guarded, run_sweep_command
+from spectra_interp.cli import script_main
 
 if __name__ == "__main__":
-    sys.exit(guarded(lambda: run_sweep_command(sys.argv[1:])))
+    sys.exit(script_main("sweep", "sweep_heads.py"))

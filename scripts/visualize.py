@@ -2,7 +2,7 @@
 
 import sys
 
-from spectra_interp.cli import guarded, visualize_command
+from spectra_interp.cli import script_main
 
 if __name__ == "__main__":
-    sys.exit(guarded(lambda: visualize_command(sys.argv[1:])))
+    sys.exit(script_main("visualize", "visualize.py"))

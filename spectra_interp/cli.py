@@ -1,7 +1,7 @@
-"""Command line: `spectra sweep|experiment|visualize` and `python scripts/sweep_heads.py`.
+"""The command line, generated from the settings dataclasses: `spectra sweep|experiment|visualize`.
 
-Settings come from the SweepConfig defaults, then a `--config` TOML file, then the flags.
-Bad input ends with one sentence on stderr and exit code 2, before any long work.
+Settings come from the dataclass defaults, then a `--preset`, then a `--config` TOML file, then
+the flags. Bad input ends with one sentence on stderr and exit code 2, before any long work.
 """
 
 from __future__ import annotations
@@ -9,115 +9,64 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Sequence
-from dataclasses import fields
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from spectra_interp.config import CONTROLS, DTYPES, METHODS, SweepConfig, parse_controls, read_toml
+from spectra_interp import settings
+from spectra_interp.config import SweepConfig
 from spectra_interp.errors import SpectraError
 
-# The seed's Phase 1 protocol: Llama-3-8B, fp16, 4096-token windows, batch 1, CUDA, all controls.
-EXPERIMENT_PRESET = {
-    "model": "llama-3-8b",
-    "ctx": 4096,
-    "batch_size": 1,
-    "dtype": "float16",
-    "device": "cuda",
-    "max_windows": 64,
-    "controls": CONTROLS,
-}
 OFFLINE_COMMAND = "python scripts/sweep_heads.py"
+PHASE1_PRESET = "phase1-llama-3-8b"
 
 
-def sweep_parser(prog: str = "sweep_heads.py") -> argparse.ArgumentParser:
-    d = SweepConfig()
-    p = argparse.ArgumentParser(
-        prog=prog,
-        description="Per-head correlation between query norm ‖q‖ and attention entropy H. With "
-        "no arguments: SmolLM2-135M on the CPU over the bundled books, all controls.",
-        argument_default=argparse.SUPPRESS,
-    )
-    p.add_argument(
-        "--model", help=f"alias, HF id, local folder, .gguf or random:<source> [{d.model}]"
-    )
-    p.add_argument(
-        "--corpus",
-        help="bundled, stdlib-code, a path (file or folder), hf:<name>[:<config>]:<split>"
-        f"[:<column>]; combine with commas [{d.corpus}]",
-    )
-    p.add_argument("--ctx", type=int, help=f"tokens per window [{d.ctx}]")
-    p.add_argument("--stride", type=int, help="tokens between window starts [ctx, no overlap]")
-    p.add_argument(
-        "--max-windows", type=int, help=f"windows to sample with the seed [{d.max_windows}]"
-    )
-    p.add_argument("--pack", action="store_true", help="pack documents shorter than ctx")
-    p.add_argument("--batch-size", type=int, help=f"windows per forward pass [{d.batch_size}]")
-    p.add_argument("--device", help="auto (CUDA when present), cpu, cuda, cuda:N [auto]")
-    p.add_argument(
-        "--device-map",
-        help="spread a model too large for one GPU over all GPUs (auto); not with torchrun",
-    )
-    p.add_argument("--dtype", choices=DTYPES, help="auto is float16 on CUDA, float32 on CPU")
-    p.add_argument(
-        "--method",
-        choices=METHODS,
-        help=f"hooks that reduce on the fly, or run_with_cache [{d.method}]",
-    )
-    p.add_argument(
-        "--layers-per-pass",
-        type=int,
-        help=f"layers cached per forward with --method cache [{d.layers_per_pass}]",
-    )
-    p.add_argument(
-        "--skip-first",
-        type=int,
-        help=f"positions left out at the start of each window [{d.skip_first}]",
-    )
-    p.add_argument(
-        "--controls",
-        help=f"comma-separated subset of {','.join(CONTROLS)}, or all / none [all]",
-    )
-    p.add_argument(
-        "--seed", type=int, help=f"window choice, permutations, bootstrap, random init [{d.seed}]"
-    )
-    p.add_argument(
-        "--sample-per-window",
-        type=int,
-        help=f"tokens per window kept for Spearman and plots [{d.sample_per_window}]",
-    )
-    p.add_argument("--n-boot", type=int, help=f"cluster bootstrap resamples [{d.n_boot}]")
-    p.add_argument("--out", help="results folder [results/<model>-ctx<ctx>]")
-    p.add_argument(
-        "--overwrite", action="store_true", help="replace a results folder of other settings"
-    )
-    p.add_argument("--no-report", dest="report", action="store_false", help="skip report.html")
-    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
-    p.add_argument("--config", help="TOML file of settings; flags override it")
-    return p
+def settings_parser(cls: type, prog: str, description: str) -> settings.Parser:
+    """A parser with one option per setting of `cls`, plus --config and --preset."""
+    parser = settings.Parser(prog=prog, description=description, argument_default=argparse.SUPPRESS)
+    settings.add_arguments(parser, cls)
+    parser.add_argument("--config", help="TOML file of settings; flags override it")
+    parser.add_argument(
+        "--preset", help=f"a packaged preset ({', '.join(settings.preset_names())}); "
+        "the TOML file and flags override it",
+    )  # fmt: skip
+    return parser
 
 
-def config_from_args(args: argparse.Namespace, preset: dict[str, Any] | None = None) -> SweepConfig:
-    values: dict[str, Any] = dict(preset or {})
+def config_from_argv(
+    cls: type, argv: Sequence[str], prog: str, description: str = "", preset: str | None = None
+) -> Any:
+    """Parse `argv` into a validated settings object of `cls` (SpectraError on bad input)."""
+    args = settings_parser(cls, prog, description).parse_args(list(argv))
     given = vars(args)
-    if "config" in given:
-        values.update(read_toml(given["config"]))
-    known = {f.name for f in fields(SweepConfig)}
-    for key, value in given.items():
-        if key in known:
-            values[key] = parse_controls(value) if key == "controls" else value
-    return SweepConfig(**values)
+    return settings.resolve(
+        cls,
+        settings.given(args, cls),
+        config_file=given.get("config"),
+        preset=given.get("preset", preset),
+    )
 
 
-def run_sweep_command(
-    argv: Sequence[str], preset: dict[str, Any] | None = None, prog: str = "sweep_heads.py"
-) -> int:
-    args = sweep_parser(prog).parse_args(argv)
-    config = config_from_args(args, preset)
-    if preset is not None:
-        check_experiment_ready(config)
+SWEEP_HELP = (
+    "Per-head correlation between query norm ‖q‖ and attention entropy H. With no arguments: "
+    "SmolLM2-135M on the CPU over the bundled books, all controls."
+)
+
+
+def sweep_command(argv: Sequence[str], prog: str = "spectra sweep") -> int:
     from spectra_interp.sweep import run_sweep
 
-    run_sweep(config, progress=vars(args).get("progress", True))
+    run_sweep(config_from_argv(SweepConfig, argv, prog, SWEEP_HELP))
+    return 0
+
+
+def experiment_command(argv: Sequence[str], prog: str = "spectra experiment") -> int:
+    """The Phase 1 protocol preset; without CUDA or the weights it says so in one sentence."""
+    from spectra_interp.sweep import run_sweep
+
+    config = config_from_argv(SweepConfig, argv, prog, SWEEP_HELP, preset=PHASE1_PRESET)
+    check_experiment_ready(config)
+    run_sweep(config)
     return 0
 
 
@@ -141,35 +90,62 @@ def check_experiment_ready(config: SweepConfig) -> None:
         ) from err
 
 
-def visualize_command(argv: Sequence[str]) -> int:
-    p = argparse.ArgumentParser(
-        prog="visualize.py", description="Rebuild report.html from a results folder alone."
+def visualize_command(argv: Sequence[str], prog: str = "spectra visualize") -> int:
+    parser = settings.Parser(
+        prog=prog, description="Rebuild report.html from a results folder alone (no model)."
     )
-    p.add_argument("results_dir")
-    args = p.parse_args(argv)
+    parser.add_argument("results_dir", help="a results folder written by a sweep")
+    args = parser.parse_args(list(argv))
     from spectra_interp.viz.report import build_report
 
     print(f"Report: {build_report(args.results_dir)}")
     return 0
 
 
+@dataclass(frozen=True)
+class Command:
+    run: Callable[[Sequence[str], str], int]
+    help: str
+
+
+COMMANDS: dict[str, Command] = {
+    "sweep": Command(sweep_command, "run (or resume) the Phase 1 sweep [default]"),
+    "experiment": Command(
+        experiment_command, f"the sweep with the {PHASE1_PRESET} preset (CUDA, weights)"
+    ),
+    "visualize": Command(visualize_command, "rebuild report.html from a results folder"),
+}
+
+
+def main_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="spectra",
+        description="Spectra: does the L2 norm of a query vector predict its attention entropy? "
+        "Without a command the arguments are the sweep's.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, command in COMMANDS.items():
+        sub.add_parser(name, help=command.help, add_help=False)
+    return parser
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """`spectra [sweep] FLAGS`, `spectra experiment FLAGS`, `spectra visualize DIR`.
-
-    Without a subcommand the arguments are the sweep's (as for scripts/sweep_heads.py).
-    """
+    """`spectra [COMMAND] ARGS`; see `spectra --help`."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    commands = {
-        "sweep": lambda rest: run_sweep_command(rest, prog="spectra sweep"),
-        "experiment": lambda rest: run_sweep_command(rest, EXPERIMENT_PRESET, "spectra experiment"),
-        "visualize": visualize_command,
-    }
-    if argv and argv[0] in commands:
-        return guarded(lambda: commands[argv[0]](argv[1:]))
-    return guarded(lambda: run_sweep_command(argv))
+    if argv and argv[0] in ("-h", "--help"):
+        main_parser().print_help()
+        return 0
+    name = argv[0] if argv and argv[0] in COMMANDS else "sweep"
+    rest = argv[1:] if argv and argv[0] in COMMANDS else argv
+    return guarded(lambda: COMMANDS[name].run(rest, f"spectra {name}"))
 
 
-def guarded(run: Any) -> int:
+def script_main(command: str, prog: str) -> int:
+    """Entry of `scripts/<prog>`: one command with the script's name in its usage line."""
+    return guarded(lambda: COMMANDS[command].run(sys.argv[1:], prog))
+
+
+def guarded(run: Callable[[], int]) -> int:
     """Run a command; user errors become one line on stderr and exit code 2."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:

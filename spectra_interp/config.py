@@ -1,42 +1,118 @@
-"""The configuration of one sweep: plain values, validated with clear errors before any work."""
+"""The settings of a run, declared once: every command-line flag, TOML key, preset entry, resume
+identity and SageMaker hyperparameter is derived from these dataclasses (see settings.py).
+
+`RunConfig` holds what every experiment shares (model, corpus, windows, device, output);
+`SweepConfig` adds Phase 1's extraction and statistics, with the pass rule as a group.
+"""
 
 from __future__ import annotations
 
-import dataclasses
-import sys
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from spectra_interp.errors import SpectraError
+from spectra_interp.settings import (
+    check_all,
+    comma_list,
+    flat_values,
+    identity,
+    non_negative_int,
+    one_of,
+    optional_int,
+    optional_positive_int,
+    positive_int,
+    setting,
+    subset_of,
+)
+from spectra_interp.stats.criteria import Criteria
 
 CONTROLS = ("randomization", "random-init", "position")
+# Extraction methods; spectra_interp.extract implements exactly these (it checks).
 METHODS = ("stream", "cache")
 DTYPES = ("auto", "float32", "float16", "bfloat16")
+DEVICE_MAPS = ("auto", "balanced", "sequential", "cpu")
+MIN_CTX = 8
 
-# Settings that change the numbers: a results folder made with other values cannot be resumed.
-IDENTITY = (
-    "model",
-    "corpus",
-    "ctx",
-    "stride",
-    "max_windows",
-    "pack",
-    "batch_size",
-    "dtype",
-    "method",
-    "layers_per_pass",
-    "skip_first",
-    "controls",
-    "seed",
-    "sample_per_window",
-    "n_boot",
-)
+
+def _ctx(flag: str, value: Any) -> None:
+    positive_int(flag, value)
+    if value < MIN_CTX:
+        raise SpectraError(f"{flag} must be at least {MIN_CTX} tokens; got {value}.")
+
+
+def _device_map(flag: str, value: Any) -> None:
+    if value is not None:
+        one_of(DEVICE_MAPS)(flag, value)
 
 
 @dataclass(frozen=True)
-class SweepConfig:
-    """One Phase 1 run. The defaults are the offline default: SmolLM2-135M on the bundled books.
+class RunConfig:
+    """What every experiment shares. The defaults are the offline default: SmolLM2-135M on the
+    CPU over the bundled books."""
+
+    OUT_PREFIX: ClassVar[str] = ""
+
+    model: str = setting(
+        "smollm2-135m", "alias, Hugging Face id, local folder, .gguf or random:<source>"
+    )
+    corpus: str = setting(
+        "bundled",
+        "bundled, stdlib-code, a path (file or folder), hf:<name>[:<config>]:<split>"
+        "[:<column>]; combine with commas",
+    )
+    ctx: int = setting(1536, "tokens per window", check=_ctx)
+    stride: int | None = setting(
+        None, "tokens between window starts", check=optional_positive_int, parse=optional_int,
+        shown_default="ctx, no overlap",
+    )  # fmt: skip
+    max_windows: int | None = setting(
+        16, "windows to sample with the seed (none: all)", check=optional_positive_int,
+        parse=optional_int,
+    )  # fmt: skip
+    pack: bool = setting(False, "pack documents shorter than ctx")
+    batch_size: int = setting(1, "windows per forward pass", check=positive_int)
+    device: str = setting("auto", "auto (CUDA when present), cpu, cuda, cuda:N", identity=False)
+    device_map: str | None = setting(
+        None, "spread a model too large for one GPU over all GPUs (auto); not with torchrun",
+        check=_device_map, identity=False, shown_default="off",
+    )  # fmt: skip
+    dtype: str = setting(
+        "auto", "auto is float16 on CUDA, float32 on CPU", check=one_of(DTYPES), choices=DTYPES
+    )
+    seed: int = setting(
+        0, "window choice, permutations, bootstrap, random init", check=non_negative_int
+    )
+    out: str | None = setting(
+        None, "results folder", identity=False, shown_default="results/<model>-ctx<ctx>"
+    )
+    overwrite: bool = setting(
+        False, "replace a results folder made with other settings", identity=False
+    )
+    report: bool = setting(True, "write report.html at the end", identity=False)
+    progress: bool = setting(True, "show a progress bar", identity=False)
+
+    def __post_init__(self) -> None:
+        check_all(self)
+
+    @property
+    def out_dir(self) -> Path:
+        if self.out:
+            return Path(self.out).expanduser()
+        name = Path(self.model.replace("/", "_").replace(":", "-")).name
+        return Path("results") / f"{self.OUT_PREFIX}{name}-ctx{self.ctx}"
+
+    def identity(self) -> dict[str, Any]:
+        """The settings that determine the numbers, as JSON-ready values."""
+        return identity(self)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**flat_values(self), "out": str(self.out_dir)}
+
+
+@dataclass(frozen=True)
+class SweepConfig(RunConfig):
+    """One Phase 1 run.
 
     `ctx=1536, max_windows=16`: the trained and random-init passes over 16 windows of 1536 tokens
     finish inside 10 minutes on a 2-core CPU (2048 took 11); the headline run uses 4096.
@@ -45,126 +121,35 @@ class SweepConfig:
     rather than by discarding more tokens.
     """
 
-    model: str = "smollm2-135m"
-    corpus: str = "bundled"
-    ctx: int = 1536
-    stride: int | None = None
-    max_windows: int | None = 16
-    pack: bool = False
-    batch_size: int = 1
-    device: str = "auto"
-    device_map: str | None = None
-    dtype: str = "auto"
-    method: str = "stream"
-    layers_per_pass: int = 4
-    skip_first: int = 1
-    controls: tuple[str, ...] = CONTROLS
-    seed: int = 0
-    sample_per_window: int = 256
-    n_boot: int = 1000
-    out: str | None = None
-    overwrite: bool = False
-    report: bool = True
-    extra: dict[str, Any] = field(default_factory=dict, compare=False)
+    method: str = setting(
+        "stream", "how ‖q‖ and H are read (see README: Extraction)", check=one_of(METHODS),
+        choices=METHODS,
+    )  # fmt: skip
+    layers_per_pass: int = setting(
+        4, "layers cached per forward with --method cache", check=positive_int
+    )
+    skip_first: int = setting(1, "positions left out at the start of each window")
+    controls: tuple[str, ...] = setting(
+        CONTROLS, f"comma-separated subset of {','.join(CONTROLS)}, or all / none",
+        check=subset_of(CONTROLS), parse=lambda text: comma_list(text, CONTROLS),
+        shown_default="all",
+    )  # fmt: skip
+    sample_per_window: int = setting(
+        256, "tokens per window kept for Spearman and plots", check=positive_int
+    )
+    n_boot: int = setting(1000, "cluster bootstrap resamples", check=positive_int)
+    criteria: Criteria = setting(default_factory=Criteria)
 
     def __post_init__(self) -> None:
-        validate(self)
-
-    @property
-    def out_dir(self) -> Path:
-        if self.out:
-            return Path(self.out).expanduser()
-        name = self.model.replace("/", "_").replace(":", "-")
-        return Path("results") / f"{Path(name).name}-ctx{self.ctx}"
-
-    def identity(self) -> dict[str, Any]:
-        """The settings that determine the numbers, as JSON-ready values."""
-        return {k: _jsonable(getattr(self, k)) for k in IDENTITY}
-
-    def to_dict(self) -> dict[str, Any]:
-        out = {f.name: _jsonable(getattr(self, f.name)) for f in fields(self) if f.name != "extra"}
-        out["out"] = str(self.out_dir)
-        return out
-
-    def replace(self, **changes: Any) -> SweepConfig:
-        return dataclasses.replace(self, **changes)
-
-
-def _jsonable(value: Any) -> Any:
-    return list(value) if isinstance(value, tuple) else value
-
-
-def _positive(name: str, value: int | None, allow_none: bool = False) -> None:
-    if value is None and allow_none:
-        return
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise SpectraError(f"--{name.replace('_', '-')} must be a positive integer; got {value!r}.")
-
-
-def validate(config: SweepConfig) -> None:
-    """Raise one clear sentence for the first invalid setting."""
-    _positive("ctx", config.ctx)
-    _positive("max_windows", config.max_windows, allow_none=True)
-    _positive("stride", config.stride, allow_none=True)
-    _positive("batch_size", config.batch_size)
-    _positive("layers_per_pass", config.layers_per_pass)
-    _positive("sample_per_window", config.sample_per_window)
-    _positive("n_boot", config.n_boot)
-    if config.ctx < 8:
-        raise SpectraError(f"--ctx must be at least 8 tokens; got {config.ctx}.")
-    if not isinstance(config.skip_first, int) or not 1 <= config.skip_first < config.ctx - 2:
-        raise SpectraError(
-            f"--skip-first must be between 1 and ctx - 3 (position 0 always has H = 0); "
-            f"got {config.skip_first}."
-        )
-    if config.device_map and config.device_map not in ("auto", "balanced", "sequential", "cpu"):
-        raise SpectraError(
-            f"--device-map must be auto, balanced, sequential or cpu; got {config.device_map!r}."
-        )
-    if config.device_map and "random-init" in config.controls:
-        raise SpectraError(
-            "The random-init control builds its model on one device; with --device-map use "
-            "--controls randomization,position and run random:<model> separately where it fits."
-        )
-    if config.method not in METHODS:
-        raise SpectraError(f"--method must be one of {METHODS}; got {config.method!r}.")
-    if config.dtype not in DTYPES:
-        raise SpectraError(f"--dtype must be one of {DTYPES}; got {config.dtype!r}.")
-    unknown = [c for c in config.controls if c not in CONTROLS]
-    if unknown:
-        raise SpectraError(f"Unknown control(s) {unknown}; choose from {', '.join(CONTROLS)}.")
-
-
-def parse_controls(text: str) -> tuple[str, ...]:
-    """`all`, `none` or a comma-separated list of controls."""
-    text = text.strip()
-    if text == "all":
-        return CONTROLS
-    if text in ("", "none"):
-        return ()
-    return tuple(dict.fromkeys(c.strip() for c in text.split(",") if c.strip()))
-
-
-def read_toml(path: str | Path) -> dict[str, Any]:
-    """Settings from a TOML file (keys as in SweepConfig, dashes or underscores)."""
-    if sys.version_info >= (3, 11):
-        import tomllib
-    else:
-        import tomli as tomllib
-    path = Path(path)
-    if not path.is_file():
-        raise SpectraError(f"Config file not found: {path}")
-    try:
-        raw = tomllib.loads(path.read_text())
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
-        raise SpectraError(f"{path} is not valid TOML: {err}") from err
-    known = {f.name for f in fields(SweepConfig)} - {"extra"}
-    values = {k.replace("-", "_"): v for k, v in raw.items()}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise SpectraError(f"{path}: unknown setting(s) {unknown}.")
-    if isinstance(values.get("controls"), str):
-        values["controls"] = parse_controls(values["controls"])
-    elif "controls" in values:
-        values["controls"] = tuple(values["controls"])
-    return values
+        super().__post_init__()
+        if not isinstance(self.skip_first, int) or not 1 <= self.skip_first < self.ctx - 2:
+            raise SpectraError(
+                f"--skip-first must be between 1 and ctx - 3 (position 0 always has H = 0); "
+                f"got {self.skip_first}."
+            )
+        if self.device_map and "random-init" in self.controls:
+            raise SpectraError(
+                "The random-init control builds its model on one device; with --device-map use "
+                "--controls randomization,position and run random:<model> separately where it "
+                "fits."
+            )

@@ -73,7 +73,7 @@ class Dist:
         gathered: list[dict[str, bytes]] | None = [{}] * self.world_size if self.rank == 0 else None
         torch_dist.gather_object(mine, gathered, dst=0)
         if self.rank == 0:
-            from spectra_interp.store import write_bytes_atomic
+            from spectra_interp.results.store import write_bytes_atomic
 
             for files in gathered:
                 for name, data in files.items():

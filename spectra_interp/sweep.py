@@ -1,9 +1,10 @@
 """The Phase 1 run: corpus -> windows -> per-window statistics (resumable shards) -> verdict.
 
 Windows are processed in fixed blocks of `batch_size` (block k holds windows k*B .. k*B+B-1),
-so a resumed or distributed run computes every window in the same batch as an uninterrupted
-one and the final numbers are identical. Under torchrun, blocks are dealt to ranks round-robin;
-each rank writes its own shards and rank 0 merges them.
+so a resumed, shared or distributed run computes every window in the same batch as an
+uninterrupted one and the final numbers are identical. Under torchrun, blocks are dealt to ranks
+round-robin; each rank writes its own shards and rank 0 merges them. A block is claimed before it
+is computed, so two runs started on one folder share the work instead of repeating it.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import gc
 import platform
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,15 +23,26 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from spectra_interp import analysis, models, store
+from spectra_interp import models
 from spectra_interp.config import SweepConfig
-from spectra_interp.data import Windows, added_bos_id, load_corpus
+from spectra_interp.corpus import Windows, added_bos_id, load_corpus
 from spectra_interp.distributed import Dist
 from spectra_interp.errors import SpectraError
-from spectra_interp.extract import PATTERN_HOOK, Q_HOOK, extract
+from spectra_interp.extract import extract, q_source
+from spectra_interp.metrics import attention_entropy, query_norm
+from spectra_interp.models import hooks
+from spectra_interp.results import store
+from spectra_interp.results.layout import SCHEMA_VERSION, SweepLayout
+from spectra_interp.results.load import load_shards, shard_record
+from spectra_interp.stats.moments import N_MOMENTS, Moments
+from spectra_interp.stats.sample import token_sample
+from spectra_interp.stats.table import head_table
+from spectra_interp.stats.verdict import verdict, verdict_text
 
 ATTENTION_SAMPLE_TOKENS = 48
 STRONGEST_SHOWN = 10
+CLAIM_POLL_S = 2.0
+Log = Callable[[str], Any]
 
 
 @dataclass(frozen=True)
@@ -48,6 +60,11 @@ def blocks(n_windows: int, batch_size: int) -> list[Block]:
     ]
 
 
+def rank_blocks(n_windows: int, batch_size: int, dist: Dist) -> list[Block]:
+    """The blocks this rank computes (all of them in a single process)."""
+    return [b for b in blocks(n_windows, batch_size) if b.index % dist.world_size == dist.rank]
+
+
 def control_source(config: SweepConfig) -> tuple[str, int]:
     """The random-init control: the same architecture with fresh weights (another seed if the
     studied model is itself random)."""
@@ -55,30 +72,23 @@ def control_source(config: SweepConfig) -> tuple[str, int]:
     return f"random:{name}", config.seed + (1 if config.model.startswith("random:") else 0)
 
 
+def model_passes(config: SweepConfig) -> Iterator[tuple[str, str, int]]:
+    yield "trained", config.model, config.seed
+    if "random-init" in config.controls:
+        source, seed = control_source(config)
+        yield "random_init", source, seed
+
+
 def window_record(
     qnorm: np.ndarray, entropy: np.ndarray, n_keys: np.ndarray, config: SweepConfig, wid: int
 ) -> dict[str, np.ndarray]:
     """One window's shard: sufficient statistics and the token sample (pure)."""
     seed = (config.seed, wid)
-    stats = analysis.window_stats(
-        qnorm, entropy, n_keys, skip_first=config.skip_first, perm_seed=seed
-    )
-    sample = analysis.token_sample(
+    stats = Moments.of_window(qnorm, entropy, n_keys, skip_first=config.skip_first, perm_seed=seed)
+    sample = token_sample(
         qnorm, entropy, n_keys, skip_first=config.skip_first, k=config.sample_per_window, seed=seed
     )
-    return {
-        "stats": stats,
-        "moments": np.array(analysis.MOMENTS),
-        "stats_version": np.array(analysis.STATS_VERSION),
-        **{f"sample_{k}": v for k, v in sample.items()},
-    }
-
-
-def pending_blocks(
-    all_blocks: list[Block], window_ids: np.ndarray, done: set[int], dist: Dist
-) -> list[Block]:
-    mine = [b for b in all_blocks if b.index % dist.world_size == dist.rank]
-    return [b for b in mine if not set(window_ids[b.rows].tolist()) <= done]
+    return shard_record(stats.sums, sample)
 
 
 def run_model_pass(
@@ -86,58 +96,99 @@ def run_model_pass(
     label: str,
     windows: Windows,
     config: SweepConfig,
-    out: Path,
+    layout: SweepLayout,
     dist: Dist,
-    progress: bool,
+    log: Log,
 ) -> dict[str, float]:
-    """Extract and store every pending window of this rank; returns throughput numbers."""
+    """Extract and store every window of this rank not yet done, claiming each block first and
+    waiting for blocks another live run holds; returns this process's throughput."""
     window_ids = windows.meta["window_id"].to_numpy()
-    todo = pending_blocks(
-        blocks(len(window_ids), config.batch_size), window_ids, store.done_windows(out, label), dist
-    )
-    n_todo = sum(len(b.rows) for b in todo)
+
+    def done(block: Block) -> bool:
+        return set(window_ids[block.rows].tolist()) <= layout.done_windows(label)
+
+    todo = [b for b in rank_blocks(len(window_ids), config.batch_size, dist) if not done(b)]
+    total = sum(len(b.rows) for b in todo)
     bar = tqdm(
-        total=n_todo, desc=f"{label} windows", unit="win", disable=not progress or dist.rank != 0
+        total=total,
+        desc=f"{label} windows",
+        unit="win",
+        disable=not config.progress or dist.rank != 0,
     )
-    tokens_done, seconds = 0, 0.0
-    for block in todo:
-        start = time.perf_counter()
-        result = extract(
-            model,
-            torch.from_numpy(windows.tokens[block.rows]),
-            method=config.method,
-            layers_per_pass=config.layers_per_pass,
-        )
-        n_keys = result.n_keys.numpy()
-        for i, row in enumerate(block.rows):
-            wid = int(window_ids[row])
-            record = window_record(
-                result.qnorm[i].numpy(), result.entropy[i].numpy(), n_keys, config, wid
-            )
-            store.write_shard(out, label, wid, **record)
-        seconds += time.perf_counter() - start
-        tokens_done += windows.tokens[block.rows].size
-        bar.update(len(block.rows))
-        bar.set_postfix(tok_s=f"{tokens_done / seconds:,.0f}")
+    computed, tokens_done, seconds, waited = 0, 0, 0.0, False
+    while todo:
+        for block in todo:
+            claim = layout.claim(label, block.index)
+            if done(block) or not store.try_claim(claim):
+                continue
+            try:
+                if not done(block):
+                    start = time.perf_counter()
+                    _compute_block(model, label, windows, window_ids, block, config, layout)
+                    seconds += time.perf_counter() - start
+                    tokens_done += windows.tokens[block.rows].size
+                    computed += len(block.rows)
+            finally:
+                store.release_claim(claim)
+            bar.set_postfix(tok_s=f"{tokens_done / max(seconds, 1e-9):,.0f}")
+        todo = [b for b in todo if not done(b)]
+        bar.update(total - sum(len(b.rows) for b in todo) - bar.n)
+        if todo:
+            if not waited:
+                log(
+                    f"{layout.root} is shared with another run: waiting for the {label} windows "
+                    "it is computing (its shards will be used here too)."
+                )
+                waited = True
+            time.sleep(CLAIM_POLL_S)
     bar.close()
-    return {"windows": n_todo, "tokens": tokens_done, "seconds": round(seconds, 3)}
+    if total:
+        shared = f"; {total - computed} by another run" if computed < total else ""
+        log(f"{label}: {computed} windows computed here{shared}.")
+    return {"windows": computed, "tokens": tokens_done, "seconds": round(seconds, 3)}
 
 
+def _compute_block(
+    model: Any,
+    label: str,
+    windows: Windows,
+    window_ids: np.ndarray,
+    block: Block,
+    config: SweepConfig,
+    layout: SweepLayout,
+) -> None:
+    result = extract(
+        model,
+        torch.from_numpy(windows.tokens[block.rows]),
+        method=config.method,
+        layers_per_pass=config.layers_per_pass,
+    )
+    n_keys = result.n_keys.numpy()
+    for i, row in enumerate(block.rows):
+        wid = int(window_ids[row])
+        record = window_record(
+            result.qnorm[i].numpy(), result.entropy[i].numpy(), n_keys, config, wid
+        )
+        store.write_shard(layout, label, wid, **record)
+
+
+@torch.inference_mode()
 def attention_sample(model: Any, tokens: np.ndarray, tokenizer: Any) -> dict[str, np.ndarray]:
-    """Patterns of every head on a short excerpt (the first tokens of window 0), for the views."""
+    """Every head's pattern, ‖q‖ and H on a short excerpt (the first tokens of window 0), from
+    one forward pass, for the attention views."""
+    spec = models.spec_of(model)
     excerpt = torch.from_numpy(tokens[:ATTENTION_SAMPLE_TOKENS])[None].to(model.cfg.device)
-    n_layers = model.cfg.n_layers
-    names = [PATTERN_HOOK.format(layer=layer) for layer in range(n_layers)]
-    names += [Q_HOOK.format(layer=layer) for layer in range(n_layers)]
-    result = extract(model, excerpt)
-    with torch.inference_mode():
-        _, cache = model.run_with_cache(excerpt, names_filter=names, stop_at_layer=n_layers)
-    pattern = torch.stack([cache[PATTERN_HOOK.format(layer=layer)][0] for layer in range(n_layers)])
+    q_names = [hooks.attn_hook(spec.q_hook, layer) for layer in range(spec.n_layers)]
+    p_names = [hooks.attn_hook("pattern", layer) for layer in range(spec.n_layers)]
+    _, cached = model.run_with_cache(
+        excerpt, names_filter=q_names + p_names, stop_at_layer=spec.n_layers
+    )
+    pattern = torch.stack([cached[name][0] for name in p_names])
     return {
         "token_strs": np.array([tokenizer.decode([t]) for t in excerpt[0].tolist()]),
         "pattern": pattern.half().cpu().numpy(),
-        "qnorm": result.qnorm[0].numpy(),
-        "entropy": result.entropy[0].numpy(),
+        "qnorm": torch.stack([query_norm(cached[name])[0] for name in q_names]).cpu().numpy(),
+        "entropy": attention_entropy(pattern).cpu().numpy(),
     }
 
 
@@ -180,12 +231,13 @@ def git_commit() -> str | None:
     return result.stdout.strip() or None if result.returncode == 0 else None
 
 
-def prepare_windows(config: SweepConfig, out: Path, tokenizer: Any, dist: Dist) -> Windows:
+def prepare_windows(
+    config: SweepConfig, layout: SweepLayout, tokenizer: Any, dist: Dist
+) -> Windows:
     """The run's windows: read back from the folder on resume, else built and written once."""
-    tokens_file, meta_file = out / "windows" / "tokens.npy", out / "windows" / "meta.csv"
-    if tokens_file.exists() and meta_file.exists():
+    if layout.tokens.exists() and layout.meta.exists():
         bos = added_bos_id(tokenizer) is not None
-        return Windows(tokens=np.load(tokens_file), meta=pd.read_csv(meta_file), bos=bos)
+        return Windows(tokens=np.load(layout.tokens), meta=pd.read_csv(layout.meta), bos=bos)
     windows = load_corpus(
         config.corpus,
         tokenizer,
@@ -196,14 +248,13 @@ def prepare_windows(config: SweepConfig, out: Path, tokenizer: Any, dist: Dist) 
         pack=config.pack,
     )
     if dist.rank == 0:
-        store.write_with(tokens_file, lambda buf: np.save(buf, windows.tokens))
-        store.write_csv(meta_file, windows.meta)
+        store.write_with(layout.tokens, lambda buf: np.save(buf, windows.tokens))
+        store.write_csv(layout.meta, windows.meta)
     return windows
 
 
-def check_context(config: SweepConfig) -> None:
+def check_context(config: SweepConfig, hf_config: Any) -> None:
     """ctx beyond the model's positions is an error before any weights are loaded."""
-    hf_config = models.load_config(config.model)
     limit = getattr(hf_config, "max_position_embeddings", None) or getattr(
         hf_config, "n_positions", None
     )
@@ -214,94 +265,102 @@ def check_context(config: SweepConfig) -> None:
 def estimate_bytes(config: SweepConfig, n_layers: int, n_heads: int) -> int:
     """Disk the run will write: tokens, shards (stats + sample) for both models, a margin."""
     n = config.max_windows or 64
-    per_window = n_layers * n_heads * (analysis.N_MOMENTS * 8 + config.sample_per_window * 8)
+    per_window = n_layers * n_heads * (N_MOMENTS * 8 + config.sample_per_window * 8)
     return int(n * (config.ctx * 8 + 2 * per_window) + 64 * 2**20)
 
 
-def run_sweep(config: SweepConfig, *, progress: bool = True, log: Any = print) -> Path:
-    """Run (or resume) the sweep of `config`; returns the results folder."""
+def run_sweep(config: SweepConfig, *, log: Log = print) -> Path:
+    """Run (or resume, or join) the sweep of `config`; returns the results folder."""
     dist = Dist.from_env(config.device)
     if config.device_map and dist.world_size > 1:
         raise SpectraError("--device-map spreads one model over all GPUs; run it without torchrun.")
     try:
-        return _run(config, dist, progress, log)
+        return _run(config, dist, log)
     finally:
         dist.close()
 
 
-def _run(config: SweepConfig, dist: Dist, progress: bool, log: Any) -> Path:
-    out = config.out_dir
+def _run(config: SweepConfig, dist: Dist, log: Log) -> Path:
+    layout = SweepLayout(config.out_dir)
     device = models.pick_device(dist.device_for(config.device))
     dtype = models.pick_dtype(config.dtype, device)
-    check_context(config)
     hf_config = models.load_config(config.model)
+    check_context(config, hf_config)
     if dist.rank == 0:
         store.check_writable(
-            out,
+            layout.root,
             estimate_bytes(config, hf_config.num_hidden_layers, hf_config.num_attention_heads),
         )
-        resumed = store.prepare_folder(out, config.identity(), config.overwrite)
-        if resumed:
-            log(f"Resuming {out}: {len(store.done_windows(out, 'trained'))} windows already done.")
+        if store.prepare_folder(layout, config.identity(), config.overwrite):
+            n_done = len(layout.done_windows("trained"))
+            log(f"Resuming {layout.root}: {n_done} windows already done.")
+        else:
+            store.write_json(layout.config, _config_record(config, dist))
     dist.barrier()
     tokenizer = models.load_tokenizer(config.model)
-    windows = prepare_windows(config, out, tokenizer, dist)
+    windows = prepare_windows(config, layout, tokenizer, dist)
     dist.barrier()
-    if dist.rank == 0:
-        store.write_json(
-            out / "config.json",
-            {
-                "schema_version": store.SCHEMA_VERSION,
-                "identity": config.identity(),
-                "config": config.to_dict(),
-                "environment": environment(device, dtype),
-                "n_windows": int(len(windows.tokens)),
-                "bos": bool(windows.bos),
-                "q_hook": Q_HOOK,
-                "pattern_hook": PATTERN_HOOK,
-                "world_size": dist.world_size,
-            },
-        )
     timings = {}
     for label, source, seed in model_passes(config):
         device_map = config.device_map if label == "trained" else None
         model = models.load_model(
             source, device=str(device), dtype=dtype, seed=seed, device_map=device_map
         )
-        timings[label] = run_model_pass(model, label, windows, config, out, dist, progress)
+        if label == "trained" and dist.rank == 0:
+            record = _config_record(config, dist, device, dtype, windows, model)
+            store.write_json(layout.config, record)
+        timings[label] = run_model_pass(model, label, windows, config, layout, dist, log)
         if label == "trained" and dist.rank == 0:
             store.write_npz(
-                out / "attention_sample.npz",
-                **attention_sample(model, windows.tokens[0], tokenizer),
+                layout.attention, **attention_sample(model, windows.tokens[0], tokenizer)
             )
         del model
         release_memory(device)
     dist.barrier()
     if not dist.on_one_host():
-        dist.collect_files(out, own_shards(windows, config, dist))
+        dist.collect_files(layout.root, own_shards(windows, config, layout, dist))
     if dist.rank == 0:
-        finalize(out, config, timings, log)
-    return out
+        finalize(layout, config, timings, log)
+    return layout.root
 
 
-def own_shards(windows: Windows, config: SweepConfig, dist: Dist) -> list[str]:
+def _config_record(
+    config: SweepConfig,
+    dist: Dist,
+    device: torch.device | None = None,
+    dtype: torch.dtype | None = None,
+    windows: Windows | None = None,
+    model: Any = None,
+) -> dict[str, Any]:
+    """config.json: the identity first (what a resume checks), then what is known so far."""
+    record: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION,
+        "identity": config.identity(),
+        "config": config.to_dict(),
+        "world_size": dist.world_size,
+    }
+    if device is not None and dtype is not None:
+        record["environment"] = environment(device, dtype)
+    if windows is not None:
+        record["n_windows"] = int(len(windows.tokens))
+        record["bos"] = bool(windows.bos)
+    if model is not None:
+        record["q_source"] = q_source(model, config.method)
+        record["attention"] = models.spec_of(model).describe()
+    return record
+
+
+def own_shards(windows: Windows, config: SweepConfig, layout: SweepLayout, dist: Dist) -> list[str]:
     """This rank's shard files, relative to the results folder."""
     window_ids = windows.meta["window_id"].to_numpy()
-    mine = pending_blocks(blocks(len(window_ids), config.batch_size), window_ids, set(), dist)
+    mine = rank_blocks(len(window_ids), config.batch_size, dist)
     labels = [label for label, _, _ in model_passes(config)]
     return [
-        str(store.shard_path(Path(), label, int(window_ids[row])))
+        layout.relative_shard(label, int(window_ids[row]))
         for label in labels
         for block in mine
         for row in block.rows
     ]
-
-
-def model_passes(config: SweepConfig) -> Iterator[tuple[str, str, int]]:
-    yield "trained", config.model, config.seed
-    if "random-init" in config.controls:
-        source, seed = control_source(config)
-        yield "random_init", source, seed
 
 
 def release_memory(device: torch.device) -> None:
@@ -310,35 +369,22 @@ def release_memory(device: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
-def load_stats(out: Path, label: str, window_ids: np.ndarray) -> tuple[np.ndarray, pd.DataFrame]:
-    """Stacked per-window statistics [window, layer, head, moment] and the token sample frame."""
-    missing = sorted(set(window_ids.tolist()) - store.done_windows(out, label))
-    if missing:
-        raise SpectraError(
-            f"{out}: {len(missing)} {label} windows have no shard (e.g. {missing[0]})."
-        )
-    stats, frames = [], []
-    for wid in window_ids.tolist():
-        shard = store.read_shard(out, label, wid)
-        if int(shard["stats_version"]) != analysis.STATS_VERSION:
-            raise SpectraError(f"{out}: shard of window {wid} has another statistics version.")
-        stats.append(shard["stats"])
-        sample = {k.removeprefix("sample_"): v for k, v in shard.items() if k.startswith("sample_")}
-        frames.append(analysis.sample_frame(sample, window_id=wid, model=label))
-    return np.stack(stats), pd.concat(frames, ignore_index=True)
-
-
-def finalize(out: Path, config: SweepConfig, timings: dict[str, Any], log: Any) -> None:
+def finalize(layout: SweepLayout, config: SweepConfig, timings: dict[str, Any], log: Log) -> None:
     """Merge the shards into head_stats.csv, summary.json, the token sample and the report."""
-    window_ids = pd.read_csv(out / "windows" / "meta.csv")["window_id"].to_numpy()
-    trained, sample = load_stats(out, "trained", window_ids)
+    window_ids = pd.read_csv(layout.meta)["window_id"].to_numpy()
+    trained, sample = load_shards(layout, "trained", window_ids)
     random_init, random_sample = None, None
     if "random-init" in config.controls:
-        random_init, random_sample = load_stats(out, "random_init", window_ids)
-    table = analysis.head_table(
-        trained, sample, random_init, n_boot=config.n_boot, seed=config.seed
+        random_init, random_sample = load_shards(layout, "random_init", window_ids)
+    table = head_table(
+        trained,
+        sample,
+        random_init,
+        n_boot=config.n_boot,
+        seed=config.seed,
+        criteria=config.criteria,
     )
-    summary = analysis.verdict(table)
+    summary = verdict(table, config.criteria)
     summary["run"] = {
         "model": config.model,
         "corpus": config.corpus,
@@ -349,17 +395,17 @@ def finalize(out: Path, config: SweepConfig, timings: dict[str, Any], log: Any) 
         "seed": config.seed,
         "timings": timings,
     }
-    store.write_csv(out / "head_stats.csv", table)
-    store.write_json(out / "summary.json", summary)
+    store.write_csv(layout.head_stats, table)
+    store.write_json(layout.summary, summary)
     frames = [sample] if random_sample is None else [sample, random_sample]
-    store.write_parquet(out / "token_sample.parquet", pd.concat(frames, ignore_index=True))
-    log(analysis.verdict_text(summary))
+    store.write_parquet(layout.token_sample, pd.concat(frames, ignore_index=True))
+    log(verdict_text(summary))
     log(strongest_heads(table).to_string(index=False))
     if config.report:
         from spectra_interp.viz.report import build_report
 
-        log(f"Report: {build_report(out)}")
-    log(f"Results: {out}")
+        log(f"Report: {build_report(layout.root)}")
+    log(f"Results: {layout.root}")
 
 
 def strongest_heads(table: pd.DataFrame, n: int = STRONGEST_SHOWN) -> pd.DataFrame:

@@ -15,7 +15,8 @@ import pandas as pd
 import pytest
 from sweep_helpers import ROOT, SMALL, run_sweep_cli
 
-from spectra_interp import store
+from spectra_interp.results import store
+from spectra_interp.results.layout import SweepLayout
 
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 FAST = ["--controls", "randomization,position", "--no-progress", "--device", "cpu"]
@@ -57,8 +58,9 @@ def single(tmp_path_factory):
 
 
 def stacked_stats(out):
-    ids = sorted(store.done_windows(out, "trained"))
-    return ids, np.stack([store.read_shard(out, "trained", w)["stats"] for w in ids])
+    layout = SweepLayout(out)
+    ids = sorted(layout.done_windows("trained"))
+    return ids, np.stack([store.read_shard(layout, "trained", w)["stats"] for w in ids])
 
 
 def test_two_ranks_equal_one_process(single, tmp_path):
@@ -87,14 +89,14 @@ def test_killed_distributed_run_resumes_without_loss(single, tmp_path):
         start_new_session=True,
     )
     deadline = time.time() + 300
-    while len(store.done_windows(out, "trained")) < 2 and time.time() < deadline:
+    while len(SweepLayout(out).done_windows("trained")) < 2 and time.time() < deadline:
         time.sleep(0.2)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    assert len(store.done_windows(out, "trained")) < 6
+    assert len(SweepLayout(out).done_windows("trained")) < 6
     done = torchrun(out)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert store.done_windows(out, "trained") == set(stacked_stats(single)[0])
+    assert SweepLayout(out).done_windows("trained") == set(stacked_stats(single)[0])
     pd.testing.assert_frame_equal(
         pd.read_csv(out / "head_stats.csv"), pd.read_csv(single / "head_stats.csv")
     )
@@ -128,10 +130,10 @@ def _collect_worker(rank, roots, port):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=2)
     try:
-        root = roots[rank]
-        store.write_shard(root, "trained", rank, stats=np.full(3, float(rank)))
-        names = [str(store.shard_path(type(root)(), "trained", rank))]
-        Dist(rank=rank, world_size=2).collect_files(root, names)
+        layout = SweepLayout(roots[rank])
+        store.write_shard(layout, "trained", rank, stats=np.full(3, float(rank)))
+        names = [layout.relative_shard("trained", rank)]
+        Dist(rank=rank, world_size=2).collect_files(layout.root, names)
     finally:
         dist.destroy_process_group()
 
@@ -142,6 +144,7 @@ def test_shards_of_ranks_on_other_machines_reach_rank_0(tmp_path):
 
     roots = [tmp_path / "host0", tmp_path / "host1"]
     mp.spawn(_collect_worker, args=(roots, 29400 + os.getpid() % 1000), nprocs=2, join=True)
-    assert store.done_windows(roots[0], "trained") == {0, 1}
-    np.testing.assert_array_equal(store.read_shard(roots[0], "trained", 1)["stats"], [1.0] * 3)
-    assert store.done_windows(roots[1], "trained") == {1}
+    host0, host1 = SweepLayout(roots[0]), SweepLayout(roots[1])
+    assert host0.done_windows("trained") == {0, 1}
+    np.testing.assert_array_equal(store.read_shard(host0, "trained", 1)["stats"], [1.0] * 3)
+    assert host1.done_windows("trained") == {1}

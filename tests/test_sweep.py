@@ -1,6 +1,7 @@
 """End to end on SmolLM2 with a short context: the results folder, resume after SIGKILL."""
 
 import json
+import re
 import signal
 import subprocess
 import time
@@ -10,8 +11,9 @@ import pandas as pd
 import pytest
 from sweep_helpers import ROOT, run_sweep_cli, sweep_cmd
 
-from spectra_interp import store
 from spectra_interp.config import SweepConfig
+from spectra_interp.results import store
+from spectra_interp.results.layout import SweepLayout
 from spectra_interp.sweep import blocks, control_source, strongest_heads
 
 HEAD_COLUMNS = (
@@ -30,18 +32,19 @@ def finished(tmp_path_factory):
 
 def test_results_folder_is_complete(finished):
     out, done = finished
-    for name in (*store.RESULT_FILES, "windows/tokens.npy", "windows/meta.csv"):
-        assert (out / name).is_file(), name
+    layout = SweepLayout(out)
+    for name in (*layout.OUTPUTS, layout.TOKENS, layout.META):
+        if name != layout.ALPHA_RESPONSE:
+            assert (out / name).is_file(), name
     table = pd.read_csv(out / "head_stats.csv")
     assert len(table) == 270 and set(HEAD_COLUMNS) <= set(table.columns)
     assert table["n_windows"].eq(6).all() and table["random_init_r"].notna().all()
     assert np.load(out / "windows" / "tokens.npy").shape == (6, 64)
-    assert (
-        len(store.done_windows(out, "trained")) == len(store.done_windows(out, "random_init")) == 6
-    )
+    assert len(layout.done_windows("trained")) == len(layout.done_windows("random_init")) == 6
     config = json.loads((out / "config.json").read_text())
     assert config["identity"]["ctx"] == 64 and config["environment"]["packages"]["torch"]
-    assert config["q_hook"] == "blocks.{layer}.attn.hook_q"
+    assert config["q_source"]["hook"] == "blocks.{layer}.attn.hook_q"
+    assert "RoPE" in config["q_source"]["why"] and config["attention"]["windows"] == [None] * 30
     summary = json.loads((out / "summary.json").read_text())
     assert summary["heads_total"] == 270 and summary["run"]["n_windows"] == 6
     sample = pd.read_parquet(out / "token_sample.parquet")
@@ -60,15 +63,44 @@ def test_killed_run_resumes_to_the_same_table(finished, tmp_path):
         stderr=subprocess.DEVNULL,
     )
     deadline = time.time() + 300
-    while len(store.done_windows(out, "trained")) < 2 and time.time() < deadline:
+    layout = SweepLayout(out)
+    while len(layout.done_windows("trained")) < 2 and time.time() < deadline:
         time.sleep(0.2)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    partial = store.done_windows(out, "trained")
+    partial = layout.done_windows("trained")
     assert 2 <= len(partial) < 6 and not (out / "head_stats.csv").exists()
     resumed = run_sweep_cli(out, "--no-progress")
     assert resumed.returncode == 0, resumed.stderr
     assert f"{len(partial)} windows already done" in resumed.stdout
+    expected = pd.read_csv(finished[0] / "head_stats.csv")
+    pd.testing.assert_frame_equal(pd.read_csv(out / "head_stats.csv"), expected)
+
+
+def test_two_runs_on_one_folder_share_the_windows(finished, tmp_path):
+    """Two runs started together on one folder: each window is computed once, by one of them,
+    and both end with the table of an uninterrupted run."""
+    out = tmp_path / "shared"
+    procs = [
+        subprocess.Popen(
+            sweep_cmd(out, "--no-progress", "--no-report"),
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    outputs = [p.communicate(timeout=600) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [err for _, err in outputs]
+    for label in ("trained", "random_init"):
+        counts = [
+            int(re.search(rf"{label}: (\d+) windows computed here", stdout).group(1))
+            if f"{label}:" in stdout
+            else 0
+            for stdout, _ in outputs
+        ]
+        assert sum(counts) == 6, (label, counts)
     expected = pd.read_csv(finished[0] / "head_stats.csv")
     pd.testing.assert_frame_equal(pd.read_csv(out / "head_stats.csv"), expected)
 
@@ -81,12 +113,12 @@ def test_other_settings_in_the_folder_are_an_error(finished):
 
 
 def test_overwrite_replaces_a_folder_of_other_settings(tmp_path):
-    out = tmp_path / "run"
-    store.write_json(out / "config.json", {"identity": {"seed": 99}})
-    store.write_shard(out, "trained", 0, stats=np.zeros(1))
-    config = SweepConfig(out=str(out), overwrite=True)
-    assert store.prepare_folder(out, config.identity(), overwrite=True) is False
-    assert not (out / "shards").exists() and not (out / "config.json").exists()
+    layout = SweepLayout(tmp_path / "run")
+    store.write_json(layout.config, {"identity": {"seed": 99}})
+    store.write_shard(layout, "trained", 0, stats=np.zeros(1))
+    config = SweepConfig(out=str(layout.root), overwrite=True)
+    assert store.prepare_folder(layout, config.identity(), overwrite=True) is False
+    assert not (layout.root / "shards").exists() and not layout.config.exists()
 
 
 def test_blocks_are_fixed_by_window_index():

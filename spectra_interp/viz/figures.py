@@ -16,6 +16,8 @@ import plotly.graph_objects as go
 from jaxtyping import Float, Int
 from plotly.subplots import make_subplots
 
+from spectra_interp.stats.criteria import Criteria
+
 TEMPLATE = "plotly_white"
 NEGATIVE = "#c0392b"
 POSITIVE = "#2e6da4"
@@ -380,8 +382,10 @@ def head_heatmap(table: pd.DataFrame, value: str = "pearson_r") -> go.Figure:
     return fig
 
 
-def r_distribution(table: pd.DataFrame) -> go.Figure:
-    """Per layer, r of the trained model beside the permutation and random-init controls."""
+def r_distribution(table: pd.DataFrame, criteria: Criteria | None = None) -> go.Figure:
+    """Per layer, r of the trained model beside the permutation and random-init controls, with
+    the pass threshold as dotted lines."""
+    criteria = criteria or Criteria()
     series = [("pearson_r", "trained"), ("perm_r", "permutation"), ("random_init_r", "random init")]
     fig = go.Figure()
     for column, name in series:
@@ -397,7 +401,7 @@ def r_distribution(table: pd.DataFrame) -> go.Figure:
                 hovertemplate=f"{name}<br>layer %{{x}}<br>r = %{{y:.3f}}<extra></extra>",
             )
         )
-    for y in (-0.5, 0.5):
+    for y in (-criteria.r_threshold, criteria.r_threshold):
         fig.add_hline(y=y, line={"dash": "dot", "color": "#999"})
     fig.update_layout(
         template=TEMPLATE,

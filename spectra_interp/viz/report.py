@@ -1,8 +1,9 @@
-"""The results folder -> one self-contained `report.html` (plotly.js and circuitsvis inline).
+"""A results folder -> one self-contained `report.html` (plotly.js and circuitsvis inline).
 
 The page holds the verdict, the whole-model figures and a head explorer: a click on the
 heatmap swaps that head's precomputed density, position curves and attention view into place.
 Everything comes from the results folder; no model is loaded and the page fetches nothing.
+The page itself is `templates/report.html.j2` with its stylesheet and script beside it.
 """
 
 from __future__ import annotations
@@ -10,108 +11,27 @@ from __future__ import annotations
 import base64
 import html
 import json
-from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 
+import jinja2
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
-from jaxtyping import Float
+from markupsafe import Markup
 from plotly.offline import get_plotlyjs
 
-from spectra_interp.errors import SpectraError
+from spectra_interp.results import Results, load_results
+from spectra_interp.results.load import AttentionSample
+from spectra_interp.results.store import write_text
+from spectra_interp.stats.criteria import Criteria
 from spectra_interp.viz import figures
-from spectra_interp.viz.attention import bundle_js, json_for_script
+from spectra_interp.viz.attention import bundle_js
 
 MET_KEYS = ("met", "passed", "pass", "passes", "ok", "satisfied", "success")
 HEADLINE_KEYS = ("verdict", "conclusion", "headline", "message", "summary", "text")
 SUPPORT_KEYS = ("all_criteria_met", "h1_supported", "supported", "success", "passed", "met")
 TEXT_KEYS = ("description", "name", "criterion")
-
-
-@dataclass(frozen=True)
-class AttentionSample:
-    """The short excerpt of window 0 for which every head's full pattern was kept."""
-
-    token_strs: list[str]
-    pattern: Float[np.ndarray, "layer head query key"]
-    qnorm: Float[np.ndarray, "layer head pos"]
-    entropy: Float[np.ndarray, "layer head pos"]
-
-
-@dataclass
-class Results:
-    """A results folder read into plain objects (see the contract's "results folder")."""
-
-    path: Path
-    head_stats: pd.DataFrame
-    config: dict = field(default_factory=dict)
-    summary: dict = field(default_factory=dict)
-    token_sample: pd.DataFrame | None = None
-    attention: AttentionSample | None = None
-
-    def head(self, layer: int, head: int) -> pd.Series:
-        """The head_stats row of one head."""
-        t = self.head_stats
-        rows = t[(t["layer"] == layer) & (t["head"] == head)]
-        if rows.empty:
-            raise SpectraError(f"there is no head L{layer} H{head} in {self.path}/head_stats.csv.")
-        return rows.iloc[0]
-
-    def sample(self, layer: int, head: int, model: str = "trained") -> pd.DataFrame:
-        """The token-sample rows of one head of one model ("trained" or "random_init")."""
-        s = self.token_sample
-        if s is None:
-            raise SpectraError(f"{self.path} has no token_sample.parquet.")
-        keep = (s["layer"] == layer) & (s["head"] == head)
-        if "model" in s:
-            keep &= s["model"] == model
-        return s[keep]
-
-
-def _read_json(path: Path) -> dict:
-    if not path.is_file():
-        return {}
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise SpectraError(f"{path} is not valid JSON ({err.msg}, line {err.lineno}).") from err
-    return value if isinstance(value, dict) else {"value": value}
-
-
-def load_results(results_dir: str | Path) -> Results:
-    """Read a results folder; only head_stats.csv is required, the rest is shown if present."""
-    path = Path(results_dir)
-    if not path.is_dir():
-        raise SpectraError(f"results folder {path} does not exist.")
-    stats_path = path / "head_stats.csv"
-    if not stats_path.is_file():
-        raise SpectraError(f"{path} has no head_stats.csv: run the sweep first.")
-    table = pd.read_csv(stats_path)
-    missing = {"layer", "head"} - set(table.columns)
-    if missing:
-        raise SpectraError(f"{stats_path} lacks the column(s) {', '.join(sorted(missing))}.")
-    table = table.sort_values(["layer", "head"]).reset_index(drop=True)
-    sample_path = path / "token_sample.parquet"
-    sample = pd.read_parquet(sample_path) if sample_path.is_file() else None
-    attention = None
-    att_path = path / "attention_sample.npz"
-    if att_path.is_file():
-        with np.load(att_path, allow_pickle=False) as z:
-            attention = AttentionSample(
-                token_strs=[str(s) for s in z["token_strs"]],
-                pattern=z["pattern"].astype(np.float32),
-                qnorm=z["qnorm"].astype(np.float32),
-                entropy=z["entropy"].astype(np.float32),
-            )
-    return Results(
-        path=path,
-        head_stats=table,
-        config=_read_json(path / "config.json"),
-        summary=_read_json(path / "summary.json"),
-        token_sample=sample,
-        attention=attention,
-    )
 
 
 # --- data for the page ---------------------------------------------------------------------
@@ -316,11 +236,11 @@ def headline(summary: dict, table: pd.DataFrame) -> str:
     return " ".join(parts)
 
 
-def numbers_html(table: pd.DataFrame) -> str:
-    """Headline numbers as cards, computed from head_stats so they exist whatever the summary."""
+def cards(table: pd.DataFrame, criteria: Criteria) -> list[tuple[str, str]]:
+    """Headline numbers, computed from head_stats so they exist whatever the summary."""
     passing = figures.passes_mask(table)
     sign = figures.sign_of(table)
-    cards = [
+    out = [
         ("heads", f"{len(table):,}"),
         ("passing", f"{int(passing.sum()):,}"),
         ("passing, r < 0", f"{int((passing & (sign < 0)).sum()):,}"),
@@ -328,21 +248,17 @@ def numbers_html(table: pd.DataFrame) -> str:
     ]
     if "pearson_r" in table:
         r = pd.to_numeric(table["pearson_r"], errors="coerce")
-        cards.append(("|r| ≥ 0.5", f"{int((r.abs() >= 0.5).sum()):,}"))
-        cards.append(("median r", f"{r.median():+.3f}"))
+        out.append((f"|r| ≥ {criteria.r_threshold}", f"{int(criteria.strong(r).sum()):,}"))
+        out.append(("median r", f"{r.median():+.3f}"))
         if r.notna().any():
             row = table.loc[r.idxmin()]
-            cards.append(
+            out.append(
                 ("most negative", f"L{int(row['layer'])} H{int(row['head'])}: {r.min():+.3f}")
             )
-    return "".join(
-        f'<div class="card"><div class="num">{html.escape(v)}</div>'
-        f'<div class="lbl">{html.escape(k)}</div></div>'
-        for k, v in cards
-    )
+    return out
 
 
-def controls_html(table: pd.DataFrame, summary: dict) -> str:
+def controls_html(table: pd.DataFrame, summary: dict, criteria: Criteria) -> str:
     """How the trained model's r compares with the controls', from the table and the summary."""
     rows = []
     for column, name in (
@@ -355,13 +271,13 @@ def controls_html(table: pd.DataFrame, summary: dict) -> str:
         r = pd.to_numeric(table[column], errors="coerce").abs()
         rows.append(
             f"<tr><th>{name}</th><td>{r.median():.3f}</td><td>{r.max():.3f}</td>"
-            f"<td>{int((r >= 0.5).sum())}</td></tr>"
+            f"<td>{int(criteria.strong(r).sum())}</td></tr>"
         )
     out = ""
     if rows:
         out += (
             '<table class="grid controls"><tr><th></th><th>median |r|</th><th>max |r|</th>'
-            f"<th>heads with |r| ≥ 0.5</th></tr>{''.join(rows)}</table>"
+            f"<th>heads with |r| ≥ {criteria.r_threshold}</th></tr>{''.join(rows)}</table>"
         )
     if isinstance(summary.get("controls"), dict | list):
         out += render_value(summary["controls"])
@@ -413,176 +329,63 @@ def run_line(config: dict, results: Results) -> str:
     return " · ".join(parts)
 
 
-def top_heads_html(table: pd.DataFrame, n: int = 8) -> str:
-    """The most negative and most positive heads, as clickable rows."""
+def top_heads(table: pd.DataFrame, n: int = 8) -> list[tuple[str, list[dict]]]:
+    """The most negative and most positive heads, as rows for the clickable tables."""
     if "pearson_r" not in table:
-        return ""
+        return []
     passing = figures.passes_mask(table)
 
-    def rows(frame: pd.DataFrame) -> str:
+    def rows(frame: pd.DataFrame) -> list[dict]:
         out = []
         for idx, row in frame.iterrows():
             ci = ""
             if {"ci_low", "ci_high"} <= set(row.index):
                 ci = f"[{row['ci_low']:+.3f}, {row['ci_high']:+.3f}]"
-            q = _fmt(float(row["q_fdr"])) if "q_fdr" in row.index else "—"
             out.append(
-                f'<tr class="pick" data-layer="{int(row["layer"])}" data-head="{int(row["head"])}">'
-                f"<td>L{int(row['layer'])} H{int(row['head'])}</td><td>{row['pearson_r']:+.3f}</td>"
-                f"<td>{ci}</td><td>{q}</td><td>{'✓' if passing[idx] else ''}</td></tr>"
+                {
+                    "layer": int(row["layer"]),
+                    "head": int(row["head"]),
+                    "r": f"{row['pearson_r']:+.3f}",
+                    "ci": ci,
+                    "q": _fmt(float(row["q_fdr"])) if "q_fdr" in row.index else "—",
+                    "passes": bool(passing[idx]),
+                }
             )
-        return "".join(out)
+        return out
 
-    header = "<tr><th>head</th><th>r</th><th>95% CI</th><th>q</th><th>passes</th></tr>"
     ordered = table.sort_values("pearson_r")
-    return (
-        f'<div class="half"><h3>Most negative r</h3><table class="grid">{header}'
-        f"{rows(ordered.head(n))}</table></div>"
-        f'<div class="half"><h3>Most positive r</h3><table class="grid">{header}'
-        f"{rows(ordered.tail(n).iloc[::-1])}</table></div>"
-    )
+    return [
+        ("Most negative r", rows(ordered.head(n))),
+        ("Most positive r", rows(ordered.tail(n).iloc[::-1])),
+    ]
 
 
 def _fig_json(fig: go.Figure) -> dict:
     return json.loads(fig.to_json())
 
 
-CSS = """
-body{font-family:system-ui,-apple-system,'Segoe UI',Roboto,sans-serif;margin:0;color:#222;
-background:#f4f5f7}
-main{max-width:1400px;margin:0 auto;padding:12px 24px 40px}
-h1{font-size:1.5em;margin:8px 0 2px}h2{font-size:1.2em;margin:4px 0 8px}h3{font-size:1em}
-section{background:#fff;border-radius:8px;padding:14px 18px;margin:14px 0;
-box-shadow:0 1px 3px rgba(0,0,0,.08)}
-.meta{color:#555;font-size:.9em}.headline{font-size:1.15em;margin:6px 0 12px}
-.cards{display:flex;flex-wrap:wrap;gap:10px;margin-bottom:10px}
-.card{background:#f0f3f7;border-radius:6px;padding:8px 14px;min-width:110px}
-.card .num{font-size:1.4em;font-weight:600}.card .lbl{color:#666;font-size:.85em}
-.badge{display:inline-block;padding:2px 8px;border-radius:10px;font-size:.85em;font-weight:600}
-.badge.met{background:#d5f5e3;color:#1e8449}.badge.unmet{background:#fadbd8;color:#a93226}
-.bool.yes{color:#1e8449;font-weight:600}.bool.no{color:#a93226;font-weight:600}
-table{border-collapse:collapse;font-size:.9em}td,th{padding:3px 8px;text-align:left;
-vertical-align:top}table.grid td,table.grid th,table.criteria td,table.criteria th{
-border-bottom:1px solid #e3e3e3}table.kv th{color:#555;font-weight:500}
-.row{display:flex;flex-wrap:wrap;gap:14px}.half{flex:1 1 560px;min-width:0}
-.plot{width:100%}tr.pick{cursor:pointer}tr.pick:hover{background:#eef3fb}
-.hint{color:#666;font-size:.9em}#head-label{color:#2e6da4}
-.controls-bar{display:flex;gap:12px;align-items:center;margin:6px 0 10px}
-select{font-size:1em;padding:2px 4px}#head-stats td,#head-stats th{padding:2px 10px}
-.cv{min-height:60px;overflow-x:auto}.about{font-weight:400;color:#666;font-size:.85em;
-max-width:320px}.hypothesis{color:#444;margin:0 0 4px}
-"""
+def json_for_script(value: object) -> str:
+    """JSON that can sit inside a <script> element."""
+    return json.dumps(value, ensure_ascii=False).replace("</", "<\\/")
 
-APP_JS = r"""
-(function () {
-  const D = JSON.parse(document.getElementById('spectra-data').textContent);
-  const CFG = {responsive: true, displaylogo: false};
-  const clone = (x) => structuredClone(x);
-  const plot = (id, fig) => Plotly.newPlot(id, clone(fig.data), clone(fig.layout), CFG);
-  plot('heatmap', D.figures.heatmap);
-  plot('verdict-fig', D.figures.verdict);
-  plot('distribution-fig', D.figures.distribution);
-  const rows = {};
-  D.table.forEach((r) => { rows[r.layer + ',' + r.head] = r; });
-  const bytes = (s) => { const b = atob(s); const a = new Uint8Array(b.length);
-    for (let i = 0; i < b.length; i++) a[i] = b.charCodeAt(i); return a; };
-  const A = D.attention;
-  let pat = null, qn = null, en = null;
-  if (A) { pat = new Uint16Array(bytes(A.pattern).buffer);
-    qn = new Float32Array(bytes(A.qnorm).buffer); en = new Float32Array(bytes(A.entropy).buffer); }
-  let cvCount = 0;
-  function renderCV(hostId, component, props) {
-    const host = document.getElementById(hostId);
-    host.innerHTML = '';
-    const div = document.createElement('div');
-    div.id = hostId + '-' + (++cvCount);
-    host.appendChild(div);
-    CircuitsVis.render(div.id, CircuitsVis[component], props);
-  }
-  function patched(t, p) {
-    const fig = clone(t);
-    const data = fig.data.map((tr, i) => Object.assign(tr, clone(p.traces[i] || {})));
-    fig.layout.title = Object.assign(fig.layout.title || {}, {text: p.title});
-    return [data, fig.layout];
-  }
-  function fmt(v) {
-    if (v === null || v === undefined) return '—';
-    if (typeof v !== 'number') return String(v);
-    return Number.isInteger(v) ? v.toLocaleString('en') : v.toPrecision(4);
-  }
-  function showStats(row) {
-    const el = document.getElementById('head-stats');
-    if (!row) { el.innerHTML = '<tr><td>No row in head_stats.csv.</td></tr>'; return; }
-    el.innerHTML = Object.keys(row).map((k) =>
-      '<tr><th>' + k + '</th><td>' + fmt(row[k]) + '</td></tr>').join('');
-  }
-  function showAttention(l, h) {
-    const note = document.getElementById('attention-note');
-    if (!A || l >= A.layers || h >= A.heads) {
-      note.textContent = 'No attention sample for this head in the results folder.';
-      document.getElementById('pattern-view').innerHTML = '';
-      document.getElementById('token-view').innerHTML = '';
-      return;
-    }
-    const T = A.T, base = (l * A.heads + h) * T * T, att = [];
-    for (let i = 0; i < T; i++) { const row = new Array(T);
-      for (let j = 0; j < T; j++) row[j] = pat[base + i * T + j] / 65535; att.push(row); }
-    const vb = (l * A.heads + h) * T, values = [];
-    for (let i = 0; i < T; i++) values.push([en[vb + i], qn[vb + i]]);
-    note.textContent = 'The first ' + T + ' tokens of window 0, layer ' + l + ', head ' + h + '.';
-    renderCV('pattern-view', 'AttentionPattern', {tokens: A.tokens, attention: att,
-      maxValue: 1, minValue: 0, maskUpperTri: true, showAxisLabels: true});
-    renderCV('token-view', 'ColoredTokensMulti', {tokens: A.tokens, values: values,
-      labels: ['entropy H (nats)', '‖q‖']});
-  }
-  const layerSel = document.getElementById('layer-select');
-  const headSel = document.getElementById('head-select');
-  D.layers.forEach((l) => layerSel.add(new Option('layer ' + l, l)));
-  D.heads.forEach((h) => headSel.add(new Option('head ' + h, h)));
-  function selectHead(l, h) {
-    l = Number(l); h = Number(h);
-    const key = l + ',' + h, label = document.getElementById('head-label');
-    label.textContent = 'L' + l + ' H' + h;
-    label.dataset.layer = l; label.dataset.head = h;
-    layerSel.value = l; headSel.value = h;
-    showStats(rows[key]);
-    const P = D.panels[key];
-    const none = document.getElementById('panel-note');
-    if (P && D.templates.density) {
-      none.textContent = '';
-      Plotly.react('density-fig', ...patched(D.templates.density, P.density), CFG);
-      Plotly.react('position-fig', ...patched(D.templates.position, P.position), CFG);
-    } else {
-      none.textContent = 'No token sample for this head in the results folder.';
-      Plotly.purge('density-fig'); Plotly.purge('position-fig');
-    }
-    showAttention(l, h);
-    Plotly.relayout('heatmap', {shapes: [{type: 'rect', xref: 'x', yref: 'y',
-      x0: l - 0.5, x1: l + 0.5, y0: h - 0.5, y1: h + 0.5,
-      line: {color: '#f1c40f', width: 3}}]});
-    if (location.hash !== '#L' + l + 'H' + h) history.replaceState(null, '', '#L' + l + 'H' + h);
-  }
-  document.getElementById('heatmap').on('plotly_click', (ev) => {
-    const p = ev.points && ev.points[0];
-    if (p) { selectHead(p.x, p.y);
-      document.getElementById('explorer').scrollIntoView({behavior: 'smooth'}); }
-  });
-  layerSel.addEventListener('change', () => selectHead(layerSel.value, headSel.value));
-  headSel.addEventListener('change', () => selectHead(layerSel.value, headSel.value));
-  document.querySelectorAll('tr.pick').forEach((tr) => tr.addEventListener('click', () => {
-    selectHead(tr.dataset.layer, tr.dataset.head);
-    document.getElementById('explorer').scrollIntoView({behavior: 'smooth'}); }));
-  const m = /^#L(\d+)H(\d+)$/.exec(location.hash);
-  if (m && rows[m[1] + ',' + m[2]]) selectHead(m[1], m[2]);
-  else selectHead(D.initial[0], D.initial[1]);
-  document.body.dataset.ready = '1';
-})();
-"""
+
+@cache
+def _environment() -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.PackageLoader("spectra_interp.viz", "templates"),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+    )
+
+
+def _asset(name: str) -> Markup:
+    return Markup(_environment().loader.get_source(_environment(), name)[0])
 
 
 def report_html(results: Results) -> str:
     """The whole page as one string."""
     table = results.head_stats
+    criteria = results.criteria
     panels, templates = head_panels(results)
     data = {
         "layers": [int(v) for v in np.sort(table["layer"].unique())],
@@ -593,69 +396,40 @@ def report_html(results: Results) -> str:
         "figures": {
             "heatmap": _fig_json(figures.head_heatmap(table)),
             "verdict": _fig_json(figures.verdict_figure(table)),
-            "distribution": _fig_json(figures.r_distribution(table)),
+            "distribution": _fig_json(figures.r_distribution(table, criteria)),
         },
         "attention": attention_payload(results.attention),
         "initial": list(initial_head(table)),
     }
     summary = results.summary
-    criteria = summary.get("criteria")
-    criteria_block = (
-        f"<h3>Success criteria</h3>{criteria_html(criteria)}" if criteria is not None else ""
+    criteria_block = summary.get("criteria")
+    hypothesis = summary.get("hypothesis")
+    return (
+        _environment()
+        .get_template("report.html.j2")
+        .render(
+            model=str(flat_config(results.config).get("model", "")),
+            run_line=Markup(run_line(results.config, results)),
+            hypothesis=hypothesis if isinstance(hypothesis, str) else None,
+            headline=Markup(headline(summary, table)),
+            cards=cards(table, criteria),
+            criteria=None if criteria_block is None else Markup(criteria_html(criteria_block)),
+            controls=Markup(controls_html(table, summary, criteria)),
+            top_heads=top_heads(table),
+            summary_html=Markup(render_value(summary)),
+            config_html=Markup(render_value(results.config)),
+            css=_asset("report.css"),
+            app_js=_asset("report.js"),
+            plotly_js=Markup(get_plotlyjs()),
+            circuitsvis_js=Markup(bundle_js()),
+            data=Markup(json_for_script(data)),
+        )
     )
-    model = html.escape(str(flat_config(results.config).get("model", "")))
-    hypothesis = ""
-    if isinstance(summary.get("hypothesis"), str):
-        hypothesis = f'<p class="hypothesis">{html.escape(summary["hypothesis"])}</p>'
-    return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>Spectra report{" · " + model if model else ""}</title>
-<style>{CSS}</style></head>
-<body><main>
-<header><h1>Spectra: does ‖q‖ predict attention entropy?</h1>
-<p class="meta">{run_line(results.config, results)}</p></header>
-<section id="verdict"><h2>Verdict</h2>{hypothesis}
-<p class="headline">{headline(summary, table)}</p>
-<div class="cards">{numbers_html(table)}</div>
-{criteria_block}
-<h3>Controls</h3>{controls_html(table, summary)}
-</section>
-<section id="overview"><h2>All heads</h2>
-<p class="hint">Click a cell to explore that head below.</p>
-<div id="heatmap" class="plot"></div>
-<div class="row"><div class="half"><div id="verdict-fig" class="plot"></div></div>
-<div class="half"><div id="distribution-fig" class="plot"></div></div></div>
-<div class="row">{top_heads_html(table)}</div>
-</section>
-<section id="explorer"><h2>Head <span id="head-label"></span></h2>
-<div class="controls-bar"><select id="layer-select" aria-label="layer"></select>
-<select id="head-select" aria-label="head"></select>
-<span class="hint">or click the heatmap / a table row</span></div>
-<p id="panel-note" class="hint"></p>
-<div class="row"><div class="half"><div id="density-fig" class="plot"></div></div>
-<div class="half"><div id="position-fig" class="plot"></div></div></div>
-<div class="row"><div class="half"><h3>Attention pattern</h3>
-<p id="attention-note" class="hint"></p><div id="pattern-view" class="cv"></div></div>
-<div class="half"><h3>Per-token H and ‖q‖ (toggle, hover)</h3><div id="token-view" class="cv"></div>
-<h3>Statistics</h3><table id="head-stats"></table></div></div>
-</section>
-<section id="raw"><details><summary>summary.json</summary>{render_value(summary)}</details>
-<details><summary>config.json</summary>{render_value(results.config)}</details></section>
-</main>
-<script>{get_plotlyjs()}</script>
-<script>{bundle_js()}</script>
-<script type="application/json" id="spectra-data">{json_for_script(data)}</script>
-<script>{APP_JS}</script>
-</body></html>
-"""
 
 
 def build_report(results_dir: str | Path, out: str | Path | None = None) -> Path:
     """Write `report.html` (or `out`) from the results folder alone and return its path."""
     results = load_results(results_dir)
-    target = Path(out) if out is not None else results.path / "report.html"
-    tmp = target.with_name(target.name + ".tmp")
-    tmp.write_text(report_html(results), encoding="utf-8")
-    tmp.replace(target)
+    target = Path(out) if out is not None else results.layout.report
+    write_text(target, report_html(results))
     return target

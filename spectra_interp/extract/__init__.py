@@ -1,0 +1,91 @@
+"""Per (window, layer, query head, position): the query norm and the attention entropy.
+
+`extract(load_model(source), tokens)` is the library entry point. The methods (`--method`)
+give the same numbers; see the README's "Extraction" for which is the default and why.
+Windows in a batch have equal length (no padding): ragged input is rejected.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from einops import rearrange
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from spectra_interp.config import METHODS
+from spectra_interp.errors import SpectraError
+from spectra_interp.extract import hooked
+from spectra_interp.models import hooks
+from spectra_interp.models.load import spec_of
+
+IMPLEMENTED = ("stream", "cache")
+assert set(IMPLEMENTED) == set(METHODS), "config.METHODS and the implementations drifted"
+
+
+@dataclass(frozen=True)
+class Extraction:
+    """Reduced statistics of one batch of windows (fp32, on the CPU)."""
+
+    qnorm: Float[Tensor, "batch layer head pos"]
+    entropy: Float[Tensor, "batch layer head pos"]
+    n_keys: Int[Tensor, "layer pos"]
+
+
+def as_token_batch(tokens: Any) -> Int[Tensor, "batch pos"]:
+    """A [batch, pos] int64 tensor from a tensor, array or list of equal-length windows."""
+    if isinstance(tokens, Sequence) and not isinstance(tokens, Tensor):
+        lengths = {len(window) for window in tokens}
+        if len(lengths) > 1:
+            raise SpectraError(
+                f"Windows in a batch must have equal length (no padding); got lengths "
+                f"{sorted(lengths)}."
+            )
+    batch = torch.as_tensor(tokens)
+    if batch.dim() == 1:
+        batch = batch.unsqueeze(0)
+    if batch.dim() != 2 or batch.shape[1] == 0:
+        raise SpectraError(f"Token ids must have shape [batch, pos]; got {tuple(batch.shape)}.")
+    if batch.dtype.is_floating_point:
+        raise SpectraError("Token ids must be integers.")
+    return batch.long()
+
+
+def q_source(model: Any, method: str) -> dict[str, str]:
+    """Which tensor supplied ‖q‖ under `method`, and why (recorded in config.json)."""
+    spec = spec_of(model)
+    return {"hook": hooks.template(hooks.attn_hook(spec.q_hook, 0)), "why": spec.q_reason}
+
+
+def _stack(per_layer: dict[int, Tensor], n_layers: int) -> Float[Tensor, "batch layer head pos"]:
+    return rearrange([per_layer[layer] for layer in range(n_layers)], "l b h p -> b l h p")
+
+
+@torch.inference_mode()
+def extract(
+    model: Any, tokens: Any, method: str = "stream", layers_per_pass: int = 4
+) -> Extraction:
+    """‖q‖ and H for every (window, layer, query head, position) of a batch of equal-length windows.
+
+    Statistics are per query head (grouped-query attention shares keys, never queries).
+    """
+    if method not in METHODS:
+        raise SpectraError(f"Unknown extraction method '{method}'; use one of {METHODS}.")
+    spec = spec_of(model)
+    batch = as_token_batch(tokens)
+    n_ctx = int(model.cfg.n_ctx)
+    if batch.shape[1] > n_ctx:
+        raise SpectraError(f"Windows of {batch.shape[1]} tokens exceed the model's {n_ctx}.")
+    batch = batch.to(model.cfg.device)
+    if method == "stream":
+        norms, entropies = hooked.stream(model, spec, batch)
+    else:
+        norms, entropies = hooked.cache(model, spec, batch, layers_per_pass)
+    return Extraction(
+        qnorm=_stack(norms, spec.n_layers),
+        entropy=_stack(entropies, spec.n_layers),
+        n_keys=spec.keys_seen(batch.shape[1]),
+    )

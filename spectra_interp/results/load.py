@@ -1,0 +1,157 @@
+"""Reading a results folder back: per-window shards for the merge, and a finished folder as one
+typed object for the report, the notebooks and the tests."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from jaxtyping import Float
+
+from spectra_interp.errors import SpectraError
+from spectra_interp.results.layout import SweepLayout
+from spectra_interp.results.store import read_shard
+from spectra_interp.stats.criteria import Criteria
+from spectra_interp.stats.moments import STATS_VERSION
+from spectra_interp.stats.sample import sample_frame
+
+SAMPLE_PREFIX = "sample_"
+
+
+def shard_record(stats: np.ndarray, sample: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """What one window's shard holds: its moment sums and its token sample."""
+    return {
+        "stats": stats,
+        "stats_version": np.array(STATS_VERSION),
+        **{f"{SAMPLE_PREFIX}{k}": v for k, v in sample.items()},
+    }
+
+
+def load_shards(
+    layout: SweepLayout, model: str, window_ids: np.ndarray
+) -> tuple[np.ndarray, pd.DataFrame]:
+    """Stacked per-window statistics [window, layer, head, moment] and the token sample frame."""
+    missing = sorted(set(window_ids.tolist()) - layout.done_windows(model))
+    if missing:
+        raise SpectraError(
+            f"{layout.root}: {len(missing)} {model} windows have no shard (e.g. {missing[0]})."
+        )
+    stats, frames = [], []
+    for wid in window_ids.tolist():
+        shard = read_shard(layout, model, wid)
+        if int(shard["stats_version"]) != STATS_VERSION:
+            raise SpectraError(
+                f"{layout.root}: the shard of window {wid} was written by another version of "
+                "the statistics; rerun with --overwrite."
+            )
+        stats.append(shard["stats"])
+        sample = {
+            k.removeprefix(SAMPLE_PREFIX): v
+            for k, v in shard.items()
+            if k.startswith(SAMPLE_PREFIX)
+        }
+        frames.append(sample_frame(sample, window_id=wid, model=model))
+    return np.stack(stats), pd.concat(frames, ignore_index=True)
+
+
+@dataclass(frozen=True)
+class AttentionSample:
+    """Short excerpts for which every head's full pattern was kept."""
+
+    token_strs: list[str]
+    pattern: Float[np.ndarray, "layer head query key"]
+    qnorm: Float[np.ndarray, "layer head pos"]
+    entropy: Float[np.ndarray, "layer head pos"]
+
+
+@dataclass
+class Results:
+    """A results folder read into plain objects; only head_stats.csv is required."""
+
+    path: Path
+    head_stats: pd.DataFrame
+    config: dict = field(default_factory=dict)
+    summary: dict = field(default_factory=dict)
+    token_sample: pd.DataFrame | None = None
+    attention: AttentionSample | None = None
+
+    @property
+    def layout(self) -> SweepLayout:
+        return SweepLayout(self.path)
+
+    @property
+    def criteria(self) -> Criteria:
+        """The pass rule the run recorded (the defaults for a folder that recorded none)."""
+        return Criteria.from_summary(self.summary)
+
+    @property
+    def settings(self) -> dict:
+        """The run's settings from config.json (empty for a folder without one)."""
+        value = self.config.get("config", {})
+        return value if isinstance(value, dict) else {}
+
+    def head(self, layer: int, head: int) -> pd.Series:
+        """The head_stats row of one head."""
+        t = self.head_stats
+        rows = t[(t["layer"] == layer) & (t["head"] == head)]
+        if rows.empty:
+            raise SpectraError(f"there is no head L{layer} H{head} in {self.layout.head_stats}.")
+        return rows.iloc[0]
+
+    def sample(self, layer: int, head: int, model: str = "trained") -> pd.DataFrame:
+        """The token-sample rows of one head of one model ("trained" or "random_init")."""
+        s = self.token_sample
+        if s is None:
+            raise SpectraError(f"{self.path} has no {self.layout.TOKEN_SAMPLE}.")
+        keep = (s["layer"] == layer) & (s["head"] == head)
+        if "model" in s:
+            keep &= s["model"] == model
+        return s[keep]
+
+
+def _read_json(path: Path) -> dict:
+    if not path.is_file():
+        return {}
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise SpectraError(f"{path} is not valid JSON ({err.msg}, line {err.lineno}).") from err
+    return value if isinstance(value, dict) else {"value": value}
+
+
+def _attention(path: Path) -> AttentionSample | None:
+    if not path.is_file():
+        return None
+    with np.load(path, allow_pickle=False) as z:
+        return AttentionSample(
+            token_strs=[str(s) for s in z["token_strs"]],
+            pattern=z["pattern"].astype(np.float32),
+            qnorm=z["qnorm"].astype(np.float32),
+            entropy=z["entropy"].astype(np.float32),
+        )
+
+
+def load_results(results_dir: str | Path) -> Results:
+    """Read a results folder; only head_stats.csv is required, the rest is read if present."""
+    layout = SweepLayout(Path(results_dir))
+    if not layout.root.is_dir():
+        raise SpectraError(f"results folder {layout.root} does not exist.")
+    if not layout.head_stats.is_file():
+        raise SpectraError(f"{layout.root} has no {layout.HEAD_STATS}: run the sweep first.")
+    table = pd.read_csv(layout.head_stats)
+    missing = {"layer", "head"} - set(table.columns)
+    if missing:
+        raise SpectraError(f"{layout.head_stats} lacks the column(s) {', '.join(sorted(missing))}.")
+    table = table.sort_values(["layer", "head"]).reset_index(drop=True)
+    sample = pd.read_parquet(layout.token_sample) if layout.token_sample.is_file() else None
+    return Results(
+        path=layout.root,
+        head_stats=table,
+        config=_read_json(layout.config),
+        summary=_read_json(layout.summary),
+        token_sample=sample,
+        attention=_attention(layout.attention),
+    )

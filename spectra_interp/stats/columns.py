@@ -1,0 +1,36 @@
+"""Every column of head_stats.csv with its one-line meaning: the glossary the report's tooltips
+and the README's column table are made from, and the order `head_table` writes."""
+
+from __future__ import annotations
+
+HEAD_COLUMNS: dict[str, str] = {
+    "layer": "layer index (0 is the first block)",
+    "head": "query head index within the layer (statistics are per query head, never per KV head)",
+    "n_tokens": "tokens pooled over all windows (positions from --skip-first on)",
+    "n_windows": "windows that contributed tokens",
+    "pearson_r": "Pearson r(‖q‖, H) over all pooled tokens; H1 predicts r < 0",
+    "pearson_r_log": "Pearson r(log‖q‖, H)",
+    "spearman_rho": "Spearman ρ(‖q‖, H) on the token sample",
+    "partial_r_position": "r(‖q‖, H) with log(keys seen) regressed out of both (position control)",
+    "pearson_r_norm_entropy": "r(‖q‖, H / log(keys seen)): entropy relative to its ceiling",
+    "ci_low": "lower end of the 95% cluster-bootstrap interval of pearson_r",
+    "ci_high": "upper end of the 95% cluster-bootstrap interval of pearson_r",
+    "p_naive": "p of r = 0 treating tokens as independent (far too small; for comparison only)",
+    "p_cluster": "two-sided p of r = 0 from a delete-one-window jackknife on Fisher z, t on W-1 df",
+    "se_fisher_z": "jackknife standard error of atanh(pearson_r)",
+    "q_fdr": "Benjamini-Hochberg q-value of p_cluster across all heads",
+    "perm_r": "r with ‖q‖ permuted within each window (randomization control; keeps window means)",
+    "within_window_r": "r(‖q‖, H) after removing each window's means",
+    "perm_r_within": "perm_r after removing each window's means (expectation exactly 0)",
+    "random_init_r": "pearson_r of the same architecture with random weights (control)",
+    "passes": "the pass rule holds: |pearson_r| >= r_threshold and q_fdr < fdr",
+    "sign": "sign of pearson_r: negative (H1's direction), positive or none",
+    "mean_qnorm": "mean ‖q‖ over the pooled tokens",
+    "mean_entropy": "mean H (nats) over the pooled tokens",
+}
+
+
+def glossary_markdown() -> str:
+    """The README's column table."""
+    rows = [f"| `{name}` | {text} |" for name, text in HEAD_COLUMNS.items()]
+    return "\n".join(["| column | meaning |", "|---|---|", *rows])

@@ -1,0 +1,107 @@
+"""One row per (layer, head) from per-window statistics: correlations, inference, controls."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from jaxtyping import Float
+
+from spectra_interp.errors import SpectraError
+from spectra_interp.stats.columns import HEAD_COLUMNS
+from spectra_interp.stats.criteria import Criteria
+from spectra_interp.stats.inference import (
+    fdr_q_values,
+    jackknife_p_value,
+    naive_p_value,
+    r_bootstrap_ci,
+)
+from spectra_interp.stats.moments import (
+    N_MOMENTS,
+    R_XY_MOMENTS,
+    Moment,
+    correlations,
+    r_xy,
+    within_window_r,
+)
+from spectra_interp.stats.sample import spearman_from_sample
+
+
+def _sign(r: np.ndarray) -> np.ndarray:
+    return np.where(r < 0, "negative", np.where(r > 0, "positive", "none"))
+
+
+def head_table(
+    trained_stats: Float[np.ndarray, "window layer head moment"],
+    trained_sample: pd.DataFrame | None = None,
+    random_init_stats: Float[np.ndarray, "window layer head moment"] | None = None,
+    *,
+    n_boot: int = 1000,
+    seed: int = 0,
+    criteria: Criteria | None = None,
+    ci_level: float = 0.95,
+) -> pd.DataFrame:
+    """One row per (layer, head) from per-window statistics stacked as ``[window, layer, head,
+    moment]`` (a list of per-window arrays works too); the columns are `HEAD_COLUMNS`.
+
+    ``spearman_rho`` uses the token sample only (NaN without one); ``random_init_r`` is NaN
+    without the random-init statistics; ``passes`` applies `criteria` (default: the seed's).
+    """
+    criteria = criteria or Criteria()
+    s = np.asarray(trained_stats, dtype=np.float64)
+    if s.ndim != 4 or s.shape[-1] != N_MOMENTS:
+        raise SpectraError(
+            f"trained_stats has shape {s.shape}; expected [window, layer, head, {N_MOMENTS}]."
+        )
+    if s.shape[0] == 0:
+        raise SpectraError("No windows: trained_stats is empty.")
+    n_layers, n_heads = s.shape[1:3]
+    pooled = correlations(s.sum(0))
+    ci_low, ci_high = r_bootstrap_ci(s, n_boot=n_boot, seed=seed, level=ci_level)
+    p_cluster, se = jackknife_p_value(s)
+    q = fdr_q_values(p_cluster.ravel()).reshape(p_cluster.shape)
+    spearman = (
+        spearman_from_sample(trained_sample, n_layers, n_heads)
+        if trained_sample is not None
+        else np.full((n_layers, n_heads), np.nan)
+    )
+    random_r = np.full((n_layers, n_heads), np.nan)
+    if random_init_stats is not None:
+        rs = np.asarray(random_init_stats, dtype=np.float64)
+        if rs.ndim == 3:
+            rs = rs[None]
+        if rs.shape[1:] != s.shape[1:]:
+            raise SpectraError(
+                f"random_init_stats {rs.shape} do not match trained_stats {s.shape} per window."
+            )
+        random_r = r_xy(rs.sum(0)[..., R_XY_MOMENTS])
+    r = pooled["pearson_r"]
+    r_within, perm_within = within_window_r(s)
+    layer, head = np.meshgrid(np.arange(n_layers), np.arange(n_heads), indexing="ij")
+    columns = {
+        "layer": layer,
+        "head": head,
+        "n_tokens": pooled["n"].astype(np.int64),
+        "n_windows": (s[..., Moment.N] > 0).sum(0).astype(np.int64),
+        "pearson_r": r,
+        "pearson_r_log": pooled["pearson_r_log"],
+        "spearman_rho": spearman,
+        "partial_r_position": pooled["partial_r_position"],
+        "pearson_r_norm_entropy": pooled["pearson_r_norm_entropy"],
+        "ci_low": ci_low,
+        "ci_high": ci_high,
+        "p_naive": naive_p_value(r, pooled["n"]),
+        "p_cluster": p_cluster,
+        "se_fisher_z": se,
+        "q_fdr": q,
+        "perm_r": pooled["perm_r"],
+        "within_window_r": r_within,
+        "perm_r_within": perm_within,
+        "random_init_r": random_r,
+        "passes": criteria.passes(r, q),
+        "sign": _sign(r),
+        "mean_qnorm": pooled["mean_qnorm"],
+        "mean_entropy": pooled["mean_entropy"],
+    }
+    if list(columns) != list(HEAD_COLUMNS):
+        raise AssertionError("head_table's columns drifted from stats.columns.HEAD_COLUMNS")
+    return pd.DataFrame({k: np.asarray(v).ravel() for k, v in columns.items()})

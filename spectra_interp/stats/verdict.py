@@ -1,0 +1,200 @@
+"""The verdict: a head table summarised against the seed's success criteria, as JSON and text."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+from spectra_interp.errors import SpectraError
+from spectra_interp.stats.criteria import SUMMARY_KEY, Criteria
+
+
+def _num(v: float) -> float | None:
+    """A JSON-safe float: NaN becomes None."""
+    v = float(v)
+    return v if math.isfinite(v) else None
+
+
+def _mean(a: pd.Series) -> float | None:
+    a = a.dropna()
+    return _num(a.mean()) if len(a) else None
+
+
+def _max(a: pd.Series) -> float | None:
+    a = a.dropna()
+    return _num(a.max()) if len(a) else None
+
+
+def verdict(
+    table: pd.DataFrame, criteria: Criteria | None = None, *, perm_column: str = "perm_r"
+) -> dict:
+    """Summary of a ``head_table`` against the seed's success criteria (JSON-serialisable).
+
+    A head passes by `criteria` (recomputed here from the table). Criteria:
+    - effect_size: |r| >= r_threshold in a meaningful subset of heads, where meaningful means at
+      least ``min_share`` (10%) of all heads tested. Why 10%: the point of Phase 1 is a cheap
+      predictor an inference engine can use, which pays only if a noticeable share of attention
+      is covered; and among hundreds of heads a few outliers (e.g. attention-sink heads) reach
+      any threshold without saying anything general about attention.
+    - significance: the same subset survives correction: heads with |r| >= r_threshold and
+      cluster-level BH q < alpha are at least ``min_share`` of all heads.
+    - randomization_control: the mean over heads of r with ‖q‖ permuted within windows
+      (``perm_column``) is within ``perm_tolerance`` of 0. The default, pooled ``perm_r``, keeps
+      any between-window association (documents differing in both mean ‖q‖ and mean H), so it
+      can miss the tolerance on real data without a bug; ``perm_column="perm_r_within"`` is the
+      exact null (expectation 0). Both are reported when the table has them.
+    The random-init, position and within-window numbers are reported, not criteria.
+    """
+    criteria = criteria or Criteria()
+    r_threshold, alpha = criteria.r_threshold, criteria.fdr
+    min_share, perm_tolerance = criteria.min_share, criteria.perm_tolerance
+    need = {"layer", "head", "pearson_r", "q_fdr", perm_column, "random_init_r"}
+    need |= {"partial_r_position"}
+    missing = need - set(table.columns)
+    if missing:
+        raise SpectraError(f"The head table lacks columns {sorted(missing)}.")
+    r = table["pearson_r"]
+    strong = pd.Series(criteria.strong(r), index=table.index)
+    passing = pd.Series(criteria.passes(r, table["q_fdr"]), index=table.index)
+    neg, pos = passing & (r < 0), passing & (r > 0)
+    total = len(table)
+    n_pass = int(passing.sum())
+
+    per_layer = []
+    for layer, g in table.groupby("layer", sort=True):
+        idx = g.index
+        per_layer.append(
+            {
+                "layer": int(layer),
+                "heads": len(g),
+                "passing": int(passing[idx].sum()),
+                "negative": int(neg[idx].sum()),
+                "positive": int(pos[idx].sum()),
+                "mean_r": _mean(g["pearson_r"]),
+                "min_r": _num(g["pearson_r"].min()),
+                "max_r": _num(g["pearson_r"].max()),
+            }
+        )
+
+    has_random = bool(table["random_init_r"].notna().any())
+    perm_mean = _mean(table[perm_column])
+    strong_share = float(strong.sum()) / total if total else 0.0
+    pass_share = n_pass / total if total else 0.0
+    checks = {
+        "effect_size": {
+            "description": f"|r| >= {r_threshold} in at least {min_share:.0%} of heads",
+            "met": bool(strong_share >= min_share and strong.any()),
+            "heads": int(strong.sum()),
+            "share": strong_share,
+            "required_share": min_share,
+        },
+        "significance": {
+            "description": (
+                f"those heads have cluster-level BH q < {alpha} (p < {alpha} after correction), "
+                f"still at least {min_share:.0%} of heads"
+            ),
+            "met": bool(pass_share >= min_share and n_pass > 0),
+            "heads": n_pass,
+            "share": pass_share,
+            "required_share": min_share,
+            "strong_heads_not_significant": int((strong & ~passing).sum()),
+            "max_q_of_passing": _max(table.loc[passing, "q_fdr"]),
+        },
+        "randomization_control": {
+            "description": (
+                f"mean {perm_column} (‖q‖ permuted within windows) within {perm_tolerance} of 0"
+            ),
+            "met": bool(perm_mean is not None and abs(perm_mean) <= perm_tolerance),
+            "column": perm_column,
+            "mean_perm_r": perm_mean,
+            "tolerance": perm_tolerance,
+        },
+    }
+    share_neg = int(neg.sum()) / n_pass if n_pass else None
+    return {
+        "hypothesis": "H1: corr(‖q‖, attention entropy) < 0 per head",
+        SUMMARY_KEY: criteria.to_dict(),
+        "heads_total": total,
+        "heads_with_r": int(r.notna().sum()),
+        "passing": {
+            "total": n_pass,
+            "negative": int(neg.sum()),
+            "positive": int(pos.sum()),
+            "share_of_heads": pass_share,
+            "share_negative": share_neg,
+        },
+        "per_layer": per_layer,
+        "controls": {
+            "randomization": {
+                f"{stat}_{col}": fn(table[col] if stat == "mean" else table[col].abs())
+                for col in ("perm_r", "perm_r_within")
+                if col in table.columns
+                for stat, fn in (("mean", _mean), ("mean_abs", _mean), ("max_abs", _max))
+            },
+            "random_init": {
+                "available": has_random,
+                "mean_r": _mean(table["random_init_r"]),
+                "mean_abs_r": _mean(table["random_init_r"].abs()),
+                "max_abs_r": _max(table["random_init_r"].abs()),
+                "heads_abs_r_ge_threshold": int(
+                    (table["random_init_r"].abs() >= r_threshold).sum()
+                ),
+            },
+            "position": {
+                "mean_abs_r": _mean(r.abs()),
+                "mean_abs_partial_r": _mean(table["partial_r_position"].abs()),
+                "mean_abs_r_passing": _mean(r[passing].abs()),
+                "mean_abs_partial_r_passing": _mean(table.loc[passing, "partial_r_position"].abs()),
+            },
+            "within_window": {
+                "mean_abs_r": _mean(r.abs()),
+                "mean_abs_within_window_r": _mean(table["within_window_r"].abs())
+                if "within_window_r" in table.columns
+                else None,
+            },
+        },
+        "criteria": checks,
+        "all_criteria_met": all(c["met"] for c in checks.values()),
+    }
+
+
+def _fmt(v: float | None, spec: str = ".3f") -> str:
+    return "n/a" if v is None else format(v, spec)
+
+
+def verdict_text(summary: dict) -> str:
+    """A few printable lines from ``verdict``'s summary."""
+    p, c, ctl = summary["passing"], summary["criteria"], summary["controls"]
+    criteria = Criteria.from_summary(summary)
+    share_neg = "n/a" if p["share_negative"] is None else f"{p['share_negative']:.0%}"
+    lines = [
+        f"Heads: {summary['heads_total']}; passing ({criteria.describe()}): {p['total']} "
+        f"({p['negative']} negative, {p['positive']} positive; {share_neg} negative).",
+    ]
+    for name, crit in c.items():
+        mark = "met" if crit["met"] else "NOT met"
+        if name == "randomization_control":
+            detail = f"mean perm r = {_fmt(crit['mean_perm_r'], '+.4f')}"
+        else:
+            detail = f"{crit['heads']} heads ({crit['share']:.1%})"
+        lines.append(f"  [{mark}] {crit['description']}: {detail}")
+    ri = ctl["random_init"]
+    ri_text = (
+        f"random-init mean r = {_fmt(ri['mean_r'], '+.3f')}, max |r| = {_fmt(ri['max_abs_r'])}"
+        if ri["available"]
+        else "random-init control not run"
+    )
+    rnd, ww = ctl["randomization"], ctl["within_window"]
+    lines.append(
+        f"Controls: perm r mean {_fmt(rnd.get('mean_perm_r'), '+.4f')}, max |.| "
+        f"{_fmt(rnd.get('max_abs_perm_r'))} (window means removed: mean "
+        f"{_fmt(rnd.get('mean_perm_r_within'), '+.4f')}); {ri_text}; mean |r| = "
+        f"{_fmt(ctl['position']['mean_abs_r'])}, controlling for position "
+        f"{_fmt(ctl['position']['mean_abs_partial_r'])}, within windows "
+        f"{_fmt(ww['mean_abs_within_window_r'])}."
+    )
+    lines.append(
+        "Verdict: all seed criteria met." if summary["all_criteria_met"] else "Verdict: not met."
+    )
+    return "\n".join(lines)

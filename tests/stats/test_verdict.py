@@ -1,0 +1,66 @@
+"""The verdict against the success criteria, as JSON and text."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from spectra_interp.stats.criteria import Criteria
+from spectra_interp.stats.verdict import verdict, verdict_text
+
+
+def make_table(rs, qs, layers, perm=0.0, random_r=np.nan):
+    n = len(rs)
+    return pd.DataFrame(
+        {
+            "layer": layers,
+            "head": np.arange(n),
+            "pearson_r": rs,
+            "q_fdr": qs,
+            "perm_r": np.full(n, perm),
+            "random_init_r": np.full(n, random_r),
+            "partial_r_position": np.asarray(rs) * 0.5,
+        }
+    )
+
+
+def test_verdict_counts_and_criteria():
+    rs = [-0.8, -0.6, 0.7, -0.55, -0.2, 0.1, -0.9, np.nan, -0.3, 0.05]
+    qs = [0.001, 0.005, 0.0001, 0.02, 0.5, 0.9, 0.001, np.nan, 0.0001, 0.7]
+    table = make_table(rs, qs, [0, 0, 0, 0, 0, 1, 1, 1, 1, 1], perm=0.001)
+    s = verdict(table)
+    assert s["heads_total"] == 10 and s["heads_with_r"] == 9
+    assert s["passing"] == {
+        "total": 4,
+        "negative": 3,
+        "positive": 1,
+        "share_of_heads": 0.4,
+        "share_negative": 0.75,
+    }
+    assert [(d["layer"], d["passing"], d["negative"], d["positive"]) for d in s["per_layer"]] == [
+        (0, 3, 2, 1),
+        (1, 1, 1, 0),
+    ]
+    c = s["criteria"]
+    assert c["effect_size"]["met"] and c["effect_size"]["heads"] == 5
+    assert c["significance"]["met"] and c["significance"]["strong_heads_not_significant"] == 1
+    assert c["randomization_control"]["met"]
+    assert s["all_criteria_met"]
+    assert not s["controls"]["random_init"]["available"]
+    json.dumps(s, allow_nan=False)
+    text = verdict_text(s)
+    assert "passing" in text and "75% negative" in text and "all seed criteria met" in text
+
+    strict = verdict(table, Criteria(fdr=0.0001))
+    assert strict["passing"]["total"] == 0 and strict["passing"]["share_negative"] is None
+    assert not strict["criteria"]["significance"]["met"] and not strict["all_criteria_met"]
+    assert "NOT met" in verdict_text(strict)
+
+    biased = verdict(make_table(rs, qs, [0] * 10, perm=0.03, random_r=0.1))
+    assert not biased["criteria"]["randomization_control"]["met"]
+    assert biased["controls"]["random_init"]["mean_r"] == pytest.approx(0.1)
+    json.dumps(biased, allow_nan=False)
+
+    few = make_table([-0.9] + [0.0] * 19, [0.001] + [0.5] * 19, [0] * 20)
+    assert not verdict(few)["criteria"]["effect_size"]["met"]  # 1 of 20 heads is 5% < 10%

@@ -1,0 +1,218 @@
+"""report.html from a results folder: its contents, its size, and how it behaves in Chromium."""
+
+import base64
+import json
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fake_results import make_fake_results
+
+from spectra_interp.errors import SpectraError
+from spectra_interp.viz import figures, report
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
+MAX_BYTES = 25 * 1024 * 1024
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory) -> Path:
+    return make_fake_results(tmp_path_factory.mktemp("small"), 4, 3)
+
+
+@pytest.fixture(scope="module")
+def smollm2_sized(tmp_path_factory) -> Path:
+    """A folder the size of the default run: 30 layers x 9 heads, 16 windows x 256 positions."""
+    folder = make_fake_results(
+        tmp_path_factory.mktemp("smollm2-sized"),
+        30,
+        9,
+        n_windows=16,
+        ctx=256,
+        per_window=256,
+        excerpt=64,
+    )
+    report.build_report(folder)
+    return folder
+
+
+def _page_data(page: str) -> dict:
+    pattern = r'<script type="application/json" id="spectra-data">(.*?)</script>'
+    match = re.search(pattern, page, re.S)
+    assert match, "the page carries its data block"
+    return json.loads(match.group(1))
+
+
+def test_load_results_reads_every_part(small):
+    res = report.load_results(small)
+    assert len(res.head_stats) == 12
+    assert res.config["config"]["model"] == "fake-model"
+    assert isinstance(res.summary["criteria"]["significance"]["met"], bool)
+    assert set(res.token_sample["model"]) == {"trained", "random_init"}
+    assert res.attention.pattern.shape == (4, 3, 16, 16)
+    assert res.attention.token_strs[1] == "The"
+    assert len(res.sample(2, 1)) == 8 * 32
+    assert res.head(2, 1)["layer"] == 2
+    with pytest.raises(SpectraError, match="no head L9 H0"):
+        res.head(9, 0)
+
+
+def test_load_results_says_what_is_missing(tmp_path):
+    with pytest.raises(SpectraError, match="does not exist"):
+        report.load_results(tmp_path / "nope")
+    with pytest.raises(SpectraError, match="no head_stats.csv"):
+        report.load_results(tmp_path)
+    (tmp_path / "head_stats.csv").write_text("layer,head\n0,0\n")
+    (tmp_path / "summary.json").write_text("{not json")
+    with pytest.raises(SpectraError, match="summary.json is not valid JSON"):
+        report.load_results(tmp_path)
+
+
+def test_head_panels_are_the_figure_functions_own_numbers(small):
+    res = report.load_results(small)
+    panels, templates = report.head_panels(res)
+    assert len(panels) == 12 and set(templates) == {"density", "position"}
+    g = res.sample(1, 2)
+    g = g[g["pos"] >= report.flat_config(res.config)["skip_first"]]
+    want = figures.density_summary(g["qnorm"].to_numpy(), g["entropy"].to_numpy())
+    spec = panels["1,2"]["density"]["traces"][0]["customdata"]
+    got = np.frombuffer(base64.b64decode(spec["bdata"]), dtype=np.uint16).reshape(40, 40)
+    assert spec["shape"] == "40,40"
+    assert (got == want.counts).all()
+    assert "L1 H2" in panels["1,2"]["density"]["title"]
+
+
+def test_report_is_one_file_with_everything_inline(small):
+    path = report.build_report(small)
+    assert path == small / "report.html"
+    page = path.read_text(encoding="utf-8")
+    markup = re.sub(r"<script([^>]*)>.*?</script>", r"<script\1></script>", page, flags=re.S)
+    assert markup.count("<script") == 4
+    assert not re.search(r"""(src|href)=["']?(https?:)?//""", markup)
+    assert "cdn.plot.ly" not in markup and "unpkg.com" not in page
+    assert page.count("var CircuitsVis") == 1
+    assert "Plotly" in page and "sourceMappingURL=iife" not in page
+    data = _page_data(page)
+    assert len(data["table"]) == 12 and len(data["panels"]) == 12
+    assert data["attention"]["T"] == 16
+    n_pass = int(figures.passes_mask(report.load_results(small).head_stats).sum())
+    assert f"{n_pass} of 12 heads pass" in page
+    met = report.load_results(small).summary["all_criteria_met"]
+    assert ("all success criteria met" if met else "success criteria not all met") in page
+    assert "H1: corr(‖q‖, attention entropy) &lt; 0 per head" in page
+    assert "randomization control" in page and "mean_perm_r" in page
+    assert "within 0.02 of 0" in page
+
+
+def test_report_renders_any_summary_and_missing_parts(tmp_path, small):
+    folder = tmp_path / "partial"
+    shutil.copytree(small, folder)
+    (folder / "token_sample.parquet").unlink()
+    (folder / "attention_sample.npz").unlink()
+    summary = {
+        "conclusion": "No head reaches the bar.",
+        "criteria": [{"name": "effect size", "passed": False, "best_abs_r": 0.31}],
+        "extra": {"nested": {"deeper": [1, 2, 3]}},
+    }
+    (folder / "summary.json").write_text(json.dumps(summary))
+    page = report.build_report(folder).read_text(encoding="utf-8")
+    assert "No head reaches the bar." in page
+    assert "effect size" in page and "✗ not met" in page and "0.31" in page
+    assert "deeper" in page and "1, 2, 3" in page
+    data = _page_data(page)
+    assert data["panels"] == {} and data["attention"] is None
+
+
+def test_config_line_reads_flat_and_sectioned_config_json(small):
+    res = report.load_results(small)
+    line = report.run_line(res.config, res)
+    assert "<b>model</b> fake-model" in line and "<b>windows</b> 8" in line
+    assert "<b>device</b> cpu" in line and "<b>commit</b> 0123456789" in line
+    flat = {"model": "m", "ctx": 64, "max_windows": 2, "skip_first": 3}
+    assert "<b>windows</b> 2" in report.run_line(flat, res)
+    assert report.flat_config(flat)["skip_first"] == 3
+    assert report.flat_config(res.config)["skip_first"] == 1
+
+
+def test_render_value_nests_tables_and_flags_booleans():
+    out = report.render_value({"a": {"b": True, "c": 0.123456}, "d": [{"x": 1}, {"x": 2}]})
+    assert out.count("<table") == 3
+    assert 'class="bool yes"' in out and "0.1235" in out
+    assert report.render_value("<b>") == "&lt;b&gt;"
+
+
+def test_initial_head_is_the_most_negative_passing_head(small):
+    table = report.load_results(small).head_stats
+    layer, head = report.initial_head(table)
+    passing = table[figures.passes_mask(table)]
+    best = passing.loc[passing["pearson_r"].idxmin()]
+    assert (layer, head) == (best["layer"], best["head"])
+
+
+def test_report_for_the_default_run_stays_under_25_mb(smollm2_sized):
+    size = (smollm2_sized / "report.html").stat().st_size
+    assert size < MAX_BYTES, f"report.html is {size / 1e6:.1f} MB"
+    data = _page_data((smollm2_sized / "report.html").read_text(encoding="utf-8"))
+    assert len(data["panels"]) == 270
+
+
+def _cell_position(page, layer: int, head: int) -> tuple[float, float]:
+    """Viewport pixel of a heatmap cell, from plotly's own axis mapping."""
+    return page.evaluate(
+        """([l, h]) => {
+            const gd = document.getElementById('heatmap');
+            gd.scrollIntoView({block: 'center'});
+            const xa = gd._fullLayout.xaxis, ya = gd._fullLayout.yaxis;
+            const box = gd.getBoundingClientRect();
+            return [box.left + xa._offset + xa.l2p(l), box.top + ya._offset + ya.l2p(h)];
+        }""",
+        [layer, head],
+    )
+
+
+def test_report_in_headless_chromium(smollm2_sized):
+    from playwright.sync_api import sync_playwright
+
+    assert CHROMIUM.exists(), f"Chromium is required at {CHROMIUM} (apt-get install chromium)"
+    path = smollm2_sized / "report.html"
+    url = path.resolve().as_uri()
+    ARTIFACTS.mkdir(exist_ok=True)
+    errors, requests = [], []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.on("console", lambda m: m.type == "error" and errors.append(m.text))
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.on("request", lambda r: requests.append(r.url))
+            page.goto(url)
+            page.wait_for_selector("body[data-ready='1']", timeout=60_000)
+            label = page.locator("#head-label")
+            first = (int(label.get_attribute("data-layer")), int(label.get_attribute("data-head")))
+            assert label.inner_text() == f"L{first[0]} H{first[1]}"
+            assert page.locator("#pattern-view canvas, #pattern-view svg").count() > 0
+            target = (7, 4) if first != (7, 4) else (8, 5)
+            x, y = _cell_position(page, *target)
+            page.mouse.click(x, y)
+            want = f"L{target[0]} H{target[1]}"
+            page.wait_for_function(
+                "t => document.getElementById('head-label').textContent === t", arg=want
+            )
+            page.wait_for_function(
+                "t => (document.querySelector('#density-fig .gtitle') || {}).textContent"
+                "?.includes(t)",
+                arg=want,
+            )
+            note = page.locator("#attention-note").inner_text()
+            assert f"layer {target[0]}, head {target[1]}" in note
+            assert page.locator("#pattern-view canvas, #pattern-view svg").count() > 0
+            assert page.locator("#token-view").inner_text().strip() != ""
+            page.wait_for_timeout(500)
+            page.screenshot(path=str(ARTIFACTS / "report.png"), full_page=True)
+        finally:
+            browser.close()
+    assert errors == [], f"console errors: {errors}"
+    assert set(requests) == {url}, f"requests beyond the file itself: {set(requests) - {url}}"
