@@ -148,3 +148,27 @@ def test_strongest_heads_orders_by_absolute_r():
         }
     )
     assert strongest_heads(table, n=2)["pearson_r"].tolist() == [-0.9, 0.5]
+
+
+def test_a_sliding_window_model_counts_the_keys_each_layer_sees(tmp_path, smollm2_tokenizer):
+    """Gemma-2 layout (sliding, global, sliding) with SmolLM2's tokenizer: the token sample's
+    n_keys, the normalised entropy and config.json follow each layer's window."""
+    from arch_matrix import MATRIX, WINDOW, save_tiny_model
+
+    cls, kwargs = MATRIX["gemma2"]
+    MATRIX["gemma2-vocab"] = (cls, {**kwargs, "vocab_size": 49152})
+    try:
+        folder = save_tiny_model("gemma2-vocab", tmp_path / "model")
+    finally:
+        del MATRIX["gemma2-vocab"]
+    smollm2_tokenizer.save_pretrained(folder)
+    out = tmp_path / "run"
+    done = run_sweep_cli(out, "--model", str(folder), "--controls", "randomization,position")
+    assert done.returncode == 0, done.stderr
+    sample = pd.read_parquet(out / "token_sample.parquet")
+    top = sample.groupby("layer")["n_keys"].max().to_dict()
+    assert top == {0: WINDOW, 1: 64, 2: WINDOW}
+    assert (sample["entropy"] <= np.log(sample["n_keys"]) + 1e-5).all()
+    config = json.loads((out / "config.json").read_text())
+    assert config["attention"]["windows"] == [WINDOW, None, WINDOW]
+    assert config["attention"]["softcap"] == 5.0
