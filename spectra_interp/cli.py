@@ -102,6 +102,18 @@ def visualize_command(argv: Sequence[str], prog: str = "spectra visualize") -> i
     return 0
 
 
+def doctor_command(argv: Sequence[str], prog: str = "spectra doctor") -> int:
+    parser = settings.Parser(
+        prog=prog,
+        description="What this machine has for Spectra, one line per item; exit 0 when the "
+        "offline default can run.",
+    )
+    parser.parse_args(list(argv))
+    from spectra_interp import doctor
+
+    return doctor.run()
+
+
 @dataclass(frozen=True)
 class Command:
     run: Callable[[Sequence[str], str], int]
@@ -114,6 +126,7 @@ COMMANDS: dict[str, Command] = {
         experiment_command, f"the sweep with the {PHASE1_PRESET} preset (CUDA, weights)"
     ),
     "visualize": Command(visualize_command, "rebuild report.html from a results folder"),
+    "doctor": Command(doctor_command, "check this machine: torch, CUDA, models, hub, token"),
 }
 
 

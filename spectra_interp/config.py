@@ -16,11 +16,14 @@ from spectra_interp.settings import (
     check_all,
     comma_list,
     flat_values,
+    float_list,
     identity,
     non_negative_int,
     one_of,
+    open_fraction,
     optional_int,
     optional_positive_int,
+    positive_floats,
     positive_int,
     setting,
     subset_of,
@@ -28,11 +31,19 @@ from spectra_interp.settings import (
 from spectra_interp.stats.criteria import Criteria
 
 CONTROLS = ("randomization", "random-init", "position")
-# Extraction methods; spectra_interp.extract implements exactly these (it checks).
-METHODS = ("stream", "cache")
+# Extraction methods, the default first; spectra_interp.extract implements exactly these.
+METHODS = ("fused", "stream", "cache")
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 DEVICE_MAPS = ("auto", "balanced", "sequential", "cpu")
 MIN_CTX = 8
+# The alpha-response: H with the query scaled by these factors (no extra forward pass).
+Q_SCALES = (0.5, 2**-0.5, 1.0, 2**0.5, 2.0)
+
+
+def _q_scales(flag: str, value: Any) -> None:
+    positive_floats(flag, value)
+    if 1.0 not in value:
+        raise SpectraError(f"{flag} must include 1 (the model as it is); got {list(value)}.")
 
 
 def _ctx(flag: str, value: Any) -> None:
@@ -122,7 +133,7 @@ class SweepConfig(RunConfig):
     """
 
     method: str = setting(
-        "stream", "how ‖q‖ and H are read (see README: Extraction)", check=one_of(METHODS),
+        METHODS[0], "how ‖q‖ and H are read (see README: Extraction)", check=one_of(METHODS),
         choices=METHODS,
     )  # fmt: skip
     layers_per_pass: int = setting(
@@ -138,6 +149,14 @@ class SweepConfig(RunConfig):
         256, "tokens per window kept for Spearman and plots", check=positive_int
     )
     n_boot: int = setting(1000, "cluster bootstrap resamples", check=positive_int)
+    keff_mass: float = setting(
+        0.9, "k_eff counts the fewest keys holding this share of a query's attention",
+        check=open_fraction,
+    )  # fmt: skip
+    q_scales: tuple[float, ...] = setting(
+        Q_SCALES, "factors alpha the query is scaled by for the alpha-response (include 1)",
+        check=_q_scales, parse=float_list, shown_default="0.5,1/sqrt2,1,sqrt2,2",
+    )  # fmt: skip
     criteria: Criteria = setting(default_factory=Criteria)
 
     def __post_init__(self) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 from einops import rearrange
-from jaxtyping import Float, Int
+from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 ENTROPY_BLOCK = 256
@@ -43,3 +43,73 @@ def keys_seen(n_pos: int, sliding_window: int | None = None) -> Int[Tensor, " po
 def max_entropy(n_keys: Int[Tensor, " pos"]) -> Float[Tensor, " pos"]:
     """The largest entropy a query over n keys can have: log(n) (uniform attention)."""
     return torch.log(n_keys.to(torch.float64)).to(torch.float32)
+
+
+def visible_keys(
+    positions: Int[Tensor, "*batch k"], n_keys: int, window: int | None
+) -> Bool[Tensor, "*batch k key"]:
+    """Which keys each query position sees: causal, and within the window on a sliding layer."""
+    key = torch.arange(n_keys, device=positions.device)
+    allowed = key <= positions[..., None]
+    if window:
+        allowed &= positions[..., None] - key < window
+    return allowed
+
+
+def capped(logits: Tensor, softcap: float | None) -> Tensor:
+    """Soft-capped logits c·tanh(s/c) (Gemma-2); the logits themselves without a cap."""
+    return torch.tanh(logits / softcap) * softcap if softcap else logits
+
+
+def keys_for_mass(p: Float[Tensor, "... key"], mass: float) -> Int[Tensor, "..."]:
+    """k_eff: the fewest keys whose weights sum to at least `mass` (weights sorted, largest first).
+    Weights of keys a query cannot see are 0 and never counted."""
+    top = torch.sort(p, dim=-1, descending=True).values.cumsum(-1)
+    # a small slack so that mass 1.0 is reached despite rounding of the sum
+    return (top < mass - 1e-6).sum(-1) + 1
+
+
+def query_extras(
+    logits: Float[Tensor, "batch head k key"],
+    allowed: Bool[Tensor, "batch 1 k key"],
+    *,
+    softcap: float | None,
+    scales: tuple[float, ...],
+    mass: float,
+) -> dict[str, Tensor]:
+    """Span and temperature statistics of sampled queries from their pre-cap logits
+    (scale · q·k), all in fp32:
+
+    - `max_attn`: the largest attention weight; `k_eff`: `keys_for_mass(p, mass)`;
+    - `scaled_entropy` [..., scale]: H of softmax(cap(alpha · logits)) for each alpha: the query
+      scaled by alpha (the cap, where there is one, applied after the scaling, as it is in the
+      model);
+    - `gain`: dH/dlog(alpha) at alpha = 1, i.e. -Cov_p(s, ds/dlog alpha) with s the capped
+      logits (= -Var_p(s) without a cap).
+    """
+    z = logits.float()
+    hidden = ~allowed
+
+    def log_probs(s: Tensor) -> Tensor:
+        return torch.log_softmax(s.masked_fill(hidden, float("-inf")), dim=-1)
+
+    def entropy(log_p: Tensor) -> Tensor:
+        p = log_p.exp()
+        return -(p * log_p.masked_fill(hidden, 0.0)).sum(-1)
+
+    scaled = torch.stack(
+        [entropy(log_probs(capped(alpha * z, softcap))) for alpha in scales], dim=-1
+    )
+    s = capped(z, softcap)
+    log_p = log_probs(s)
+    p = log_p.exp()
+    ds = z * (1 - torch.tanh(z / softcap) ** 2) if softcap else s
+    s0, ds0 = s.masked_fill(hidden, 0.0), ds.masked_fill(hidden, 0.0)
+    mean_s, mean_ds = (p * s0).sum(-1, keepdim=True), (p * ds0).sum(-1, keepdim=True)
+    gain = -(p * (s0 - mean_s) * (ds0 - mean_ds)).sum(-1)
+    return {
+        "max_attn": p.max(dim=-1).values,
+        "k_eff": keys_for_mass(p, mass),
+        "scaled_entropy": scaled,
+        "gain": gain,
+    }

@@ -28,14 +28,16 @@ from spectra_interp.config import SweepConfig
 from spectra_interp.corpus import Windows, added_bos_id, load_corpus
 from spectra_interp.distributed import Dist
 from spectra_interp.errors import SpectraError
-from spectra_interp.extract import extract, q_source
+from spectra_interp.extract import SampleRequest, extract, q_source
 from spectra_interp.metrics import attention_entropy, query_norm
 from spectra_interp.models import hooks
 from spectra_interp.results import store
 from spectra_interp.results.layout import SCHEMA_VERSION, SweepLayout
 from spectra_interp.results.load import load_shards, shard_record
+from spectra_interp.stats.beyond import alpha_response
+from spectra_interp.stats.clusters import Clusters
 from spectra_interp.stats.moments import N_MOMENTS, Moments
-from spectra_interp.stats.sample import token_sample
+from spectra_interp.stats.sample import sample_positions, token_sample
 from spectra_interp.stats.table import head_table
 from spectra_interp.stats.verdict import verdict, verdict_text
 
@@ -79,15 +81,30 @@ def model_passes(config: SweepConfig) -> Iterator[tuple[str, str, int]]:
         yield "random_init", source, seed
 
 
+def window_positions(config: SweepConfig, wid: int) -> np.ndarray:
+    """The token sample's positions in window `wid` (drawn before its forward pass)."""
+    k = config.sample_per_window
+    return sample_positions(config.ctx, config.skip_first, k, (config.seed, wid))
+
+
+def sample_request(config: SweepConfig, window_ids: list[int]) -> SampleRequest:
+    positions = np.stack([window_positions(config, wid) for wid in window_ids])
+    return SampleRequest(torch.from_numpy(positions), config.q_scales, config.keff_mass)
+
+
 def window_record(
-    qnorm: np.ndarray, entropy: np.ndarray, n_keys: np.ndarray, config: SweepConfig, wid: int
+    qnorm: np.ndarray,
+    entropy: np.ndarray,
+    n_keys: np.ndarray,
+    config: SweepConfig,
+    wid: int,
+    extras: dict[str, np.ndarray] | None = None,
 ) -> dict[str, np.ndarray]:
     """One window's shard: sufficient statistics and the token sample (pure)."""
-    seed = (config.seed, wid)
-    stats = Moments.of_window(qnorm, entropy, n_keys, skip_first=config.skip_first, perm_seed=seed)
-    sample = token_sample(
-        qnorm, entropy, n_keys, skip_first=config.skip_first, k=config.sample_per_window, seed=seed
+    stats = Moments.of_window(
+        qnorm, entropy, n_keys, skip_first=config.skip_first, perm_seed=(config.seed, wid)
     )
+    sample = token_sample(qnorm, entropy, n_keys, window_positions(config, wid), extras)
     return shard_record(stats.sums, sample)
 
 
@@ -157,17 +174,19 @@ def _compute_block(
     config: SweepConfig,
     layout: SweepLayout,
 ) -> None:
+    wids = [int(window_ids[row]) for row in block.rows]
     result = extract(
         model,
         torch.from_numpy(windows.tokens[block.rows]),
         method=config.method,
         layers_per_pass=config.layers_per_pass,
+        sample=sample_request(config, wids),
     )
     n_keys = result.n_keys.numpy()
-    for i, row in enumerate(block.rows):
-        wid = int(window_ids[row])
+    for i, wid in enumerate(wids):
+        extras = {name: value[i].numpy() for name, value in result.extras.items()}
         record = window_record(
-            result.qnorm[i].numpy(), result.entropy[i].numpy(), n_keys, config, wid
+            result.qnorm[i].numpy(), result.entropy[i].numpy(), n_keys, config, wid, extras
         )
         store.write_shard(layout, label, wid, **record)
 
@@ -370,16 +389,21 @@ def release_memory(device: torch.device) -> None:
 
 
 def finalize(layout: SweepLayout, config: SweepConfig, timings: dict[str, Any], log: Log) -> None:
-    """Merge the shards into head_stats.csv, summary.json, the token sample and the report."""
-    window_ids = pd.read_csv(layout.meta)["window_id"].to_numpy()
-    trained, sample = load_shards(layout, "trained", window_ids)
-    random_init, random_sample = None, None
+    """Merge the shards into head_stats.csv, summary.json, the token sample, the alpha-response
+    and the report."""
+    meta = pd.read_csv(layout.meta)
+    window_ids = meta["window_id"].to_numpy()
+    trained = load_shards(layout, "trained", window_ids)
+    random_init = None
     if "random-init" in config.controls:
-        random_init, random_sample = load_shards(layout, "random_init", window_ids)
+        random_init = load_shards(layout, "random_init", window_ids)
+    clusters = Clusters.of(meta)
     table = head_table(
-        trained,
-        sample,
-        random_init,
+        trained.stats,
+        trained.frame,
+        None if random_init is None else random_init.stats,
+        clusters=clusters,
+        sample_arrays=trained.arrays,
         n_boot=config.n_boot,
         seed=config.seed,
         criteria=config.criteria,
@@ -390,6 +414,9 @@ def finalize(layout: SweepLayout, config: SweepConfig, timings: dict[str, Any], 
         "corpus": config.corpus,
         "ctx": config.ctx,
         "n_windows": int(len(window_ids)),
+        "n_documents": int(len(meta[["source", "doc_id"]].drop_duplicates())),
+        "cluster_unit": clusters.unit,
+        "n_clusters": clusters.n,
         "skip_first": config.skip_first,
         "controls": list(config.controls),
         "seed": config.seed,
@@ -397,7 +424,8 @@ def finalize(layout: SweepLayout, config: SweepConfig, timings: dict[str, Any], 
     }
     store.write_csv(layout.head_stats, table)
     store.write_json(layout.summary, summary)
-    frames = [sample] if random_sample is None else [sample, random_sample]
+    store.write_csv(layout.alpha_response, alpha_response(trained.arrays, config.q_scales))
+    frames = [trained.frame] + ([] if random_init is None else [random_init.frame])
     store.write_parquet(layout.token_sample, pd.concat(frames, ignore_index=True))
     log(verdict_text(summary))
     log(strongest_heads(table).to_string(index=False))

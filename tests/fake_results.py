@@ -10,10 +10,10 @@ import pandas as pd
 
 from spectra_interp.config import SweepConfig
 from spectra_interp.distributed import Dist
-from spectra_interp.metrics import attention_entropy
+from spectra_interp.metrics import attention_entropy, query_extras, visible_keys
 from spectra_interp.results import store
 from spectra_interp.results.layout import SweepLayout
-from spectra_interp.sweep import _config_record, finalize, window_record
+from spectra_interp.sweep import _config_record, finalize, window_positions, window_record
 
 WORDS = ["The", " quick", " brown", " fox", " jumps", " over", " the", " lazy", " dog", "."]
 
@@ -40,6 +40,21 @@ def synthetic_window(
     ceiling = np.log(np.arange(1, ctx + 1))
     entropy = np.clip(2.0 + 0.9 * t, 0.0, ceiling)
     return qnorm.astype(np.float32), entropy.astype(np.float32)
+
+
+def synthetic_extras(
+    qnorm: np.ndarray, positions: np.ndarray, config: SweepConfig, rng: np.random.Generator
+) -> dict[str, np.ndarray]:
+    """The sampled queries' extras by the real `query_extras`, from logits ‖q‖ · g with random
+    unit-variance directions g (a query's temperature set by its norm)."""
+    import torch
+
+    n_layers, n_heads, _ = qnorm.shape
+    g = rng.standard_normal((n_layers, n_heads, len(positions), config.ctx)) * 0.3
+    logits = torch.from_numpy(qnorm[..., positions, None] * g).float()
+    allowed = visible_keys(torch.from_numpy(positions), config.ctx, None)[None]
+    out = query_extras(logits, allowed, softcap=None, scales=config.q_scales, mass=config.keff_mass)
+    return {name: value.numpy() for name, value in out.items()}
 
 
 def attention_excerpt(
@@ -104,7 +119,8 @@ def make_fake_results(
         scale = rng.uniform(4.0, 12.0, size=rho.shape)
         for wid in range(n_windows):
             qnorm, entropy = synthetic_window(rho, scale, ctx, rng)
-            record = window_record(qnorm, entropy, n_keys, config, wid)
+            extras = synthetic_extras(qnorm, window_positions(config, wid), config, rng)
+            record = window_record(qnorm, entropy, n_keys, config, wid, extras)
             store.write_shard(layout, label, wid, **record)
     record = _config_record(config, Dist())
     record["n_windows"] = n_windows

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from spectra_interp.stats.moments import Moments
+from spectra_interp.stats.sample import sample_positions, token_sample
 
 
 def window_stats(qnorm, entropy, n_keys, *, skip_first, perm_seed) -> np.ndarray:
@@ -51,3 +52,9 @@ def stack(windows, skip_first: int = 1, seed: int = 0) -> np.ndarray:
             for i, (q, h) in enumerate(windows)
         ]
     )
+
+
+def sample_of(qnorm, entropy, n_keys, *, skip_first, k, seed) -> dict[str, np.ndarray]:
+    """The token sample of one window at seeded positions (as the sweep draws them)."""
+    positions = sample_positions(np.shape(qnorm)[-1], skip_first, k, seed)
+    return token_sample(qnorm, entropy, n_keys, positions)

@@ -14,12 +14,8 @@ from sweep_helpers import ROOT, run_sweep_cli, sweep_cmd
 from spectra_interp.config import SweepConfig
 from spectra_interp.results import store
 from spectra_interp.results.layout import SweepLayout
+from spectra_interp.stats.columns import HEAD_COLUMNS
 from spectra_interp.sweep import blocks, control_source, strongest_heads
-
-HEAD_COLUMNS = (
-    "layer head n_tokens n_windows pearson_r pearson_r_log spearman_rho partial_r_position "
-    "ci_low ci_high p_naive p_cluster q_fdr perm_r random_init_r passes"
-).split()
 
 
 @pytest.fixture(scope="module")
@@ -34,19 +30,26 @@ def test_results_folder_is_complete(finished):
     out, done = finished
     layout = SweepLayout(out)
     for name in (*layout.OUTPUTS, layout.TOKENS, layout.META):
-        if name != layout.ALPHA_RESPONSE:
-            assert (out / name).is_file(), name
+        assert (out / name).is_file(), name
     table = pd.read_csv(out / "head_stats.csv")
-    assert len(table) == 270 and set(HEAD_COLUMNS) <= set(table.columns)
+    assert len(table) == 270 and list(table.columns) == list(HEAD_COLUMNS)
+    extras = ["r_max_attn", "r_log_keff", "auroc_low_entropy", "delta_r2", "temperature_share"]
+    assert table[extras].notna().all().all() and (table["cluster_unit"] == "window").all()
+    alpha = pd.read_csv(out / layout.ALPHA_RESPONSE)
+    assert list(alpha.columns) == ["layer", "head", "scale", "mean_entropy"]
+    assert len(alpha) == 270 * 5
     assert table["n_windows"].eq(6).all() and table["random_init_r"].notna().all()
     assert np.load(out / "windows" / "tokens.npy").shape == (6, 64)
     assert len(layout.done_windows("trained")) == len(layout.done_windows("random_init")) == 6
     config = json.loads((out / "config.json").read_text())
     assert config["identity"]["ctx"] == 64 and config["environment"]["packages"]["torch"]
-    assert config["q_source"]["hook"] == "blocks.{layer}.attn.hook_q"
-    assert "RoPE" in config["q_source"]["why"] and config["attention"]["windows"] == [None] * 30
+    assert config["q_source"]["method"] == "fused"
+    assert config["q_source"]["source"] == "the query argument of the model's attention function"
+    assert set(config["q_source"]["kernels"].values()) == {"flash_cpu"}
+    assert config["attention"]["windows"] == [None] * 30
     summary = json.loads((out / "summary.json").read_text())
     assert summary["heads_total"] == 270 and summary["run"]["n_windows"] == 6
+    assert summary["beyond_r"]["finding"] and "Beyond r:" in done.stdout
     sample = pd.read_parquet(out / "token_sample.parquet")
     assert set(sample["model"]) == {"trained", "random_init"}
     attention = np.load(out / "attention_sample.npz")

@@ -94,12 +94,29 @@ def tokenize_documents(
     return ids, (spans if with_offsets else None)
 
 
-def select_windows(n: int, max_windows: int | None, seed: int) -> np.ndarray:
-    """Indices (int64) of the windows to keep: all in order, or a seeded subset, sorted."""
+def select_windows(
+    documents: Int64[np.ndarray, " candidate"], max_windows: int | None, seed: int
+) -> np.ndarray:
+    """Indices (int64, sorted) of the candidate windows to keep: all, or `max_windows` spread
+    across documents. Stratified: documents take turns in a seeded order, each giving one window
+    (seeded, without replacement) per turn until it runs out, so the windows come from as many
+    documents as there are windows, and the inference has as many documents as possible."""
+    documents = np.asarray(documents)
+    n = len(documents)
     if max_windows is None or max_windows >= n:
         return np.arange(n, dtype=np.int64)
-    chosen = np.random.default_rng(seed).choice(n, size=max_windows, replace=False)
-    return np.sort(chosen).astype(np.int64)
+    rng = np.random.default_rng(seed)
+    names = np.unique(documents)
+    queues = [rng.permutation(np.flatnonzero(documents == d)) for d in names]
+    order = rng.permutation(len(names))
+    chosen: list[int] = []
+    turn = 0
+    while len(chosen) < max_windows:
+        for d in order:
+            if turn < len(queues[d]) and len(chosen) < max_windows:
+                chosen.append(int(queues[d][turn]))
+        turn += 1
+    return np.sort(np.array(chosen, dtype=np.int64))
 
 
 @dataclass(frozen=True)
@@ -152,7 +169,8 @@ def make_windows(
     overlap; the tail that does not fill a window is dropped). Documents shorter than one
     window are skipped, or with `pack=True` concatenated in order, separated by the EOS
     token where the tokenizer has one, and cut into windows the same way. Candidates are in
-    document order; `max_windows` keeps a subset chosen by `seed` (sorted), None keeps all.
+    document order; `max_windows` keeps a subset spread across documents by `seed`
+    (`select_windows`, sorted), None keeps all.
     """
     docs = list(docs)
     if not docs:
@@ -178,7 +196,8 @@ def make_windows(
         raise SpectraError(_too_short_message(len(docs), lengths, body, ctx, bos_id, pack, short))
     starts = _in_document_order(starts, body)
 
-    keep = select_windows(len(starts), max_windows, seed)
+    first_documents = np.array([_first_document(stream, a, body) for stream, a in starts])
+    keep = select_windows(first_documents, max_windows, seed)
     tokens = np.empty((len(keep), ctx), dtype=np.int64)
     rows = []
     for w, k in enumerate(keep):
@@ -189,6 +208,12 @@ def make_windows(
         rows.append(_window_meta(w, stream, a, body, docs, lengths, spans))
     meta = pd.DataFrame(rows, columns=list(META_COLUMNS))
     return Windows(tokens=tokens, meta=meta, bos=bos_id is not None)
+
+
+def _first_document(stream: _Stream, a: int, body: int) -> int:
+    """The document a window starting at `a` begins with (packed windows: their first)."""
+    doc = stream.doc[a : a + body]
+    return int(doc[np.argmax(doc >= 0)])
 
 
 def _in_document_order(starts: list[tuple[_Stream, int]], body: int) -> list[tuple[_Stream, int]]:

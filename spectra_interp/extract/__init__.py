@@ -8,7 +8,7 @@ Windows in a batch have equal length (no padding): ragged input is rejected.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -18,12 +18,14 @@ from torch import Tensor
 
 from spectra_interp.config import METHODS
 from spectra_interp.errors import SpectraError
-from spectra_interp.extract import hooked
+from spectra_interp.extract import fused, hooked
+from spectra_interp.extract.extras import EXTRAS, SampleRequest
 from spectra_interp.models import hooks
 from spectra_interp.models.load import spec_of
 
-IMPLEMENTED = ("stream", "cache")
+IMPLEMENTED = ("fused", "stream", "cache")
 assert set(IMPLEMENTED) == set(METHODS), "config.METHODS and the implementations drifted"
+DEFAULT_METHOD = METHODS[0]
 
 
 @dataclass(frozen=True)
@@ -33,6 +35,8 @@ class Extraction:
     qnorm: Float[Tensor, "batch layer head pos"]
     entropy: Float[Tensor, "batch layer head pos"]
     n_keys: Int[Tensor, "layer pos"]
+    # Per requested query: [batch, layer, head, k] (and a trailing scale axis where EXTRAS says).
+    extras: dict[str, Tensor] = field(default_factory=dict)
 
 
 def as_token_batch(tokens: Any) -> Int[Tensor, "batch pos"]:
@@ -54,21 +58,47 @@ def as_token_batch(tokens: Any) -> Int[Tensor, "batch pos"]:
     return batch.long()
 
 
-def q_source(model: Any, method: str) -> dict[str, str]:
-    """Which tensor supplied ‖q‖ under `method`, and why (recorded in config.json)."""
+def q_source(model: Any, method: str) -> dict[str, Any]:
+    """Which tensor supplied ‖q‖ (and which kernel H) under `method`, and why (config.json)."""
     spec = spec_of(model)
-    return {"hook": hooks.template(hooks.attn_hook(spec.q_hook, 0)), "why": spec.q_reason}
+    if method == "fused":
+        return {
+            "method": method,
+            "source": "the query argument of the model's attention function",
+            "why": "it is the tensor multiplied with the keys: after any QK-norm and RoPE, "
+            "before the score scale",
+            "kernels": fused.kernel_plan(spec, model.cfg.device),
+        }
+    return {
+        "method": method,
+        "source": hooks.template(hooks.attn_hook(spec.q_hook, 0)),
+        "why": spec.q_reason,
+    }
 
 
 def _stack(per_layer: dict[int, Tensor], n_layers: int) -> Float[Tensor, "batch layer head pos"]:
     return rearrange([per_layer[layer] for layer in range(n_layers)], "l b h p -> b l h p")
 
 
+def _stack_extras(per_layer: dict[int, dict[str, Tensor]], n_layers: int) -> dict[str, Tensor]:
+    if not per_layer:
+        return {}
+    return {
+        name: torch.stack([per_layer[layer][name] for layer in range(n_layers)], dim=1)
+        for name in EXTRAS
+    }
+
+
 @torch.inference_mode()
 def extract(
-    model: Any, tokens: Any, method: str = "stream", layers_per_pass: int = 4
+    model: Any,
+    tokens: Any,
+    method: str = DEFAULT_METHOD,
+    layers_per_pass: int = 4,
+    sample: SampleRequest | None = None,
 ) -> Extraction:
-    """‖q‖ and H for every (window, layer, query head, position) of a batch of equal-length windows.
+    """‖q‖ and H for every (window, layer, query head, position) of a batch of equal-length windows,
+    and, for the queries `sample` names, the extras that need their logits.
 
     Statistics are per query head (grouped-query attention shares keys, never queries).
     """
@@ -80,12 +110,17 @@ def extract(
     if batch.shape[1] > n_ctx:
         raise SpectraError(f"Windows of {batch.shape[1]} tokens exceed the model's {n_ctx}.")
     batch = batch.to(model.cfg.device)
-    if method == "stream":
-        norms, entropies = hooked.stream(model, spec, batch)
+    if sample is not None and sample.positions.shape[0] != batch.shape[0]:
+        raise SpectraError("The sample request needs one row of positions per window.")
+    if method == "fused":
+        got = fused.run(model, spec, batch, request=sample)
+    elif method == "stream":
+        got = hooked.stream(model, spec, batch, sample)
     else:
-        norms, entropies = hooked.cache(model, spec, batch, layers_per_pass)
+        got = hooked.cache(model, spec, batch, layers_per_pass, sample)
     return Extraction(
-        qnorm=_stack(norms, spec.n_layers),
-        entropy=_stack(entropies, spec.n_layers),
+        qnorm=_stack(got.qnorm, spec.n_layers),
+        entropy=_stack(got.entropy, spec.n_layers),
         n_keys=spec.keys_seen(batch.shape[1]),
+        extras=_stack_extras(got.extras, spec.n_layers),
     )

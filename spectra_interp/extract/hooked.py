@@ -3,9 +3,11 @@ H from `hook_pattern`.
 
 - `stream`: forward hooks reduce each tensor as it is made, so at most one layer's attention
   pattern is alive at a time;
-- `cache`: `run_with_cache` over groups of `layers_per_pass` layers per forward pass; each pass
-  stops after its group and the next starts from the cached residual stream, so memory is
-  bounded by the group and no layer runs twice.
+- `cache`: `run_with_cache` over groups of `layers_per_pass` layers, one forward pass per group
+  stopped after it, so at most one group's patterns are cached at once (what an intervention
+  that needs cached activations wants). TransformerLens 4 runs the blocks before
+  `start_at_layer` anyway (on discarded input), so each pass starts from the tokens and the cost
+  grows with the number of groups: one group is one forward.
 
 Both stop the forward pass after the last layer: the logits are never computed.
 """
@@ -13,16 +15,35 @@ Both stop the forward pass after the last layer: the logits are never computed.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from torch import Tensor
 
 from spectra_interp.errors import SpectraError
+from spectra_interp.extract.extras import SampleRequest, extras_from_scores
 from spectra_interp.metrics import attention_entropy, query_norm
 from spectra_interp.models import hooks
 from spectra_interp.models.architecture import AttentionSpec
 
 PerLayer = dict[int, Tensor]
+
+
+@dataclass
+class Gathered:
+    """What a hook method gathers per layer: ‖q‖, H and the sampled queries' extras."""
+
+    qnorm: PerLayer = field(default_factory=dict)
+    entropy: PerLayer = field(default_factory=dict)
+    extras: dict[int, dict[str, Tensor]] = field(default_factory=dict)
+
+    def add_extras(
+        self, spec: AttentionSpec, layer: int, scores: Tensor, request: SampleRequest
+    ) -> None:
+        """From one layer's hook_attn_scores (what its softmax sees)."""
+        self.extras[layer] = extras_from_scores(
+            scores, request, softcap=spec.softcap, window=spec.windows[layer]
+        )
 
 
 def layer_groups(n_layers: int, layers_per_pass: int) -> list[range]:
@@ -33,25 +54,34 @@ def layer_groups(n_layers: int, layers_per_pass: int) -> list[range]:
     ]
 
 
-def stream(model: Any, spec: AttentionSpec, tokens: Tensor) -> tuple[PerLayer, PerLayer]:
-    norms: PerLayer = {}
-    entropies: PerLayer = {}
+def stream(
+    model: Any, spec: AttentionSpec, tokens: Tensor, request: SampleRequest | None = None
+) -> Gathered:
+    out = Gathered()
 
     def on_q(layer: int) -> Callable:
         def hook(q: Tensor, hook: Any) -> None:
-            norms[layer] = query_norm(q).cpu()
+            out.qnorm[layer] = query_norm(q).cpu()
+
+        return hook
+
+    def on_scores(layer: int) -> Callable:
+        def hook(scores: Tensor, hook: Any) -> None:
+            out.add_extras(spec, layer, scores, request)
 
         return hook
 
     def on_pattern(layer: int) -> Callable:
         def hook(pattern: Tensor, hook: Any) -> None:
-            entropies[layer] = attention_entropy(pattern).cpu()
+            out.entropy[layer] = attention_entropy(pattern).cpu()
 
         return hook
 
     fwd_hooks = []
     for layer in range(spec.n_layers):
         fwd_hooks.append((hooks.attn_hook(spec.q_hook, layer), on_q(layer)))
+        if request is not None:
+            fwd_hooks.append((hooks.attn_hook("attn_scores", layer), on_scores(layer)))
         fwd_hooks.append((hooks.attn_hook("pattern", layer), on_pattern(layer)))
     model.run_with_hooks(
         tokens,
@@ -60,31 +90,32 @@ def stream(model: Any, spec: AttentionSpec, tokens: Tensor) -> tuple[PerLayer, P
         return_type=None,
         output_attentions=False,
     )
-    return norms, entropies
+    return out
 
 
 def cache(
-    model: Any, spec: AttentionSpec, tokens: Tensor, layers_per_pass: int
-) -> tuple[PerLayer, PerLayer]:
-    """Each pass caches one group of layers and its last residual stream, and the next pass
-    starts from that residual (`start_at_layer`), so no layer is computed twice."""
-    norms: PerLayer = {}
-    entropies: PerLayer = {}
-    inputs: Tensor = tokens
+    model: Any,
+    spec: AttentionSpec,
+    tokens: Tensor,
+    layers_per_pass: int,
+    request: SampleRequest | None = None,
+) -> Gathered:
+    """One `run_with_cache` per group of layers, each caching only that group's hooks."""
+    out = Gathered()
+    kinds = [spec.q_hook, "pattern"] + (["attn_scores"] if request is not None else [])
     for group in layer_groups(spec.n_layers, layers_per_pass):
-        q_names = {layer: hooks.attn_hook(spec.q_hook, layer) for layer in group}
-        p_names = {layer: hooks.attn_hook("pattern", layer) for layer in group}
-        resid = hooks.resid_post(group[-1])
-        start = None if group[0] == 0 else group[0]
+        names = {(kind, layer): hooks.attn_hook(kind, layer) for kind in kinds for layer in group}
         _, cached = model.run_with_cache(
-            inputs,
-            names_filter=[*q_names.values(), *p_names.values(), resid],
-            start_at_layer=start,
+            tokens,
+            names_filter=list(names.values()),
             stop_at_layer=group[-1] + 1,
+            output_attentions=False,
         )
         for layer in group:
-            norms[layer] = query_norm(cached[q_names[layer]]).cpu()
-            entropies[layer] = attention_entropy(cached[p_names[layer]]).cpu()
-        inputs = cached[resid]
+            q = cached[names[spec.q_hook, layer]]
+            out.qnorm[layer] = query_norm(q).cpu()
+            out.entropy[layer] = attention_entropy(cached[names["pattern", layer]]).cpu()
+            if request is not None:
+                out.add_extras(spec, layer, cached[names["attn_scores", layer]], request)
         del cached
-    return norms, entropies
+    return out

@@ -150,9 +150,9 @@ class AttentionSpec:
     n_kv_heads: int
     d_head: int
     windows: tuple[int | None, ...]
+    scales: tuple[float, ...]  # the constant score scale of each layer (1/sqrt(d_head) and kin)
     softcap: float | None
     q_hook: str  # TransformerLens hook kind of the query that meets the keys: "q" or "rot_q"
-    k_hook: str
     q_reason: str
 
     def keys_seen(self, n_pos: int) -> Int[Tensor, "layer pos"]:
@@ -189,10 +189,10 @@ def attention_spec(
     d_head = int(getattr(first, "head_dim", None) or config.hidden_size // n_heads)
     change = _changes_query(config, first)
     if change is None:
-        q_hook, k_hook = "q", "k"
+        q_hook = "q"
         reason = "hook_q: nothing between the projection and q·k changes the norm (RoPE rotates)"
     else:
-        q_hook, k_hook = "rot_q", "rot_k"
+        q_hook = "rot_q"
         reason = f"hook_rot_q: {change} sits between the projection and q·k"
         name = (getattr(config, "architectures", None) or [config.model_type])[0]
         if attn_hook("rot_q", 0) not in hook_names:
@@ -208,8 +208,8 @@ def attention_spec(
         n_kv_heads=n_kv,
         d_head=d_head,
         windows=layer_windows(config, n_layers),
+        scales=tuple(float(getattr(m, "scaling", d_head**-0.5)) for m in attention_modules),
         softcap=float(softcap) if softcap else None,
         q_hook=q_hook,
-        k_hook=k_hook,
         q_reason=reason,
     )

@@ -170,7 +170,7 @@ def pretrained_location(resolved: ResolvedSource) -> str:
             smollm2_gguf_path() if resolved.location == "smollm2-135m" else Path(resolved.location)
         )
         return str(gguf_as_hf_folder(gguf))
-    if resolved.kind == "hub" and not hub.reachable() and not _in_local_cache(resolved.location):
+    if resolved.kind == "hub" and not hub.reachable() and not in_local_cache(resolved.location):
         raise SpectraError(
             f"Could not load '{resolved.location}': the Hugging Face hub cannot be reached and "
             f"the model is not in the local cache. {OFFLINE_CHOICES}"
@@ -178,7 +178,7 @@ def pretrained_location(resolved: ResolvedSource) -> str:
     return resolved.location
 
 
-def _in_local_cache(repo_id: str) -> bool:
+def in_local_cache(repo_id: str) -> bool:
     try:
         from huggingface_hub import try_to_load_from_cache
     except ImportError:

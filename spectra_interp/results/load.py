@@ -14,6 +14,7 @@ from jaxtyping import Float
 from spectra_interp.errors import SpectraError
 from spectra_interp.results.layout import SweepLayout
 from spectra_interp.results.store import read_shard
+from spectra_interp.stats.beyond import SampleArrays
 from spectra_interp.stats.criteria import Criteria
 from spectra_interp.stats.moments import STATS_VERSION
 from spectra_interp.stats.sample import sample_frame
@@ -30,16 +31,23 @@ def shard_record(stats: np.ndarray, sample: dict[str, np.ndarray]) -> dict[str, 
     }
 
 
-def load_shards(
-    layout: SweepLayout, model: str, window_ids: np.ndarray
-) -> tuple[np.ndarray, pd.DataFrame]:
-    """Stacked per-window statistics [window, layer, head, moment] and the token sample frame."""
+@dataclass(frozen=True)
+class Shards:
+    """One model's shards read back: stacked sums, the token sample as rows and as arrays."""
+
+    stats: Float[np.ndarray, "window layer head moment"]
+    frame: pd.DataFrame
+    arrays: SampleArrays
+
+
+def load_shards(layout: SweepLayout, model: str, window_ids: np.ndarray) -> Shards:
+    """Every window's shard of one model, in window order."""
     missing = sorted(set(window_ids.tolist()) - layout.done_windows(model))
     if missing:
         raise SpectraError(
             f"{layout.root}: {len(missing)} {model} windows have no shard (e.g. {missing[0]})."
         )
-    stats, frames = [], []
+    stats, frames, samples = [], [], []
     for wid in window_ids.tolist():
         shard = read_shard(layout, model, wid)
         if int(shard["stats_version"]) != STATS_VERSION:
@@ -53,8 +61,24 @@ def load_shards(
             for k, v in shard.items()
             if k.startswith(SAMPLE_PREFIX)
         }
+        samples.append(sample)
         frames.append(sample_frame(sample, window_id=wid, model=model))
-    return np.stack(stats), pd.concat(frames, ignore_index=True)
+    return Shards(np.stack(stats), pd.concat(frames, ignore_index=True), _arrays(samples))
+
+
+def _arrays(samples: list[dict[str, np.ndarray]]) -> SampleArrays:
+    def stack(name: str) -> np.ndarray:
+        return np.stack([s[name] for s in samples])
+
+    return SampleArrays(
+        qnorm=stack("qnorm"),
+        entropy=stack("entropy"),
+        n_keys=stack("n_keys"),
+        max_attn=stack("max_attn"),
+        k_eff=stack("k_eff"),
+        gain=stack("gain"),
+        scaled_mean=np.stack([s["scaled_entropy"].mean(axis=2) for s in samples]),
+    )
 
 
 @dataclass(frozen=True)

@@ -53,6 +53,7 @@ class Moment(IntEnum):
     SXZ = 14
     SYZ = 15
     SXPY = 16
+    SLXZ = 17
 
 
 MOMENTS: tuple[str, ...] = tuple(m.name.lower() for m in Moment)
@@ -167,6 +168,7 @@ class Moments:
         out[..., Moment.SXZ] = np.einsum("lhp,lp->lh", q, z)
         out[..., Moment.SYZ] = np.einsum("lhp,lp->lh", h, z)
         out[..., Moment.SXPY] = _dot(xp, h)
+        out[..., Moment.SLXZ] = np.einsum("lhp,lp->lh", lx, z)
         return cls(out)
 
     def merge(self, other: Moments) -> Moments:

@@ -17,7 +17,13 @@ def sample_positions(n_pos: int, skip_first: int, k: int, seed: Seed) -> Int[np.
     Reproducible from ``seed`` (pass e.g. ``(run_seed, window_id)``)."""
     if k < 1:
         raise SpectraError(f"The token sample needs k >= 1 positions per window, got {k}.")
-    if not 0 <= skip_first < n_pos:
+    if skip_first < 0:
+        raise SpectraError(f"skip_first must be >= 0, got {skip_first}.")
+    if skip_first == 0:
+        raise SpectraError(
+            "Position 0 sees 1 key, so H/log(n_keys) is undefined; use skip_first >= 1."
+        )
+    if skip_first >= n_pos:
         raise SpectraError(
             f"skip_first={skip_first} leaves no positions in a window of {n_pos} tokens."
         )
@@ -30,21 +36,22 @@ def token_sample(
     qnorm: Float[np.ndarray, "layer head pos"],
     entropy: Float[np.ndarray, "layer head pos"],
     n_keys: Int[np.ndarray, "layer pos"],
-    *,
-    skip_first: int,
-    k: int,
-    seed: Seed,
+    positions: Int[np.ndarray, " k"],
+    extras: dict[str, np.ndarray] | None = None,
 ) -> dict[str, np.ndarray]:
-    """One window's sample: ``pos`` (int64 ``[k]``), ``n_keys`` (int64 ``[layer, k]``) and
-    ``qnorm``, ``entropy`` (float32 ``[layer, head, k]``) at `sample_positions`."""
+    """One window's sample at `positions` (from `sample_positions`): ``pos`` (int64 ``[k]``),
+    ``n_keys`` (int64 ``[layer, k]``), ``qnorm`` and ``entropy`` (float32 ``[layer, head, k]``),
+    and the extras measured for those queries (``[layer, head, k, ...]``) as they are."""
+    positions = np.asarray(positions, dtype=np.int64)
+    skip_first = int(positions.min()) if positions.size else 0
     kept = kept_positions(qnorm, entropy, n_keys, skip_first)
-    pos = sample_positions(kept.pos[-1] + 1, skip_first, k, seed)
-    idx = pos - skip_first
+    idx = positions - skip_first
     return {
-        "pos": pos,
+        "pos": positions,
         "n_keys": kept.n_keys[:, idx],
         "qnorm": kept.qnorm[..., idx].astype(np.float32),
         "entropy": kept.entropy[..., idx].astype(np.float32),
+        **(extras or {}),
     }
 
 

@@ -7,9 +7,12 @@ import pandas as pd
 from jaxtyping import Float
 
 from spectra_interp.errors import SpectraError
+from spectra_interp.stats.beyond import SampleArrays, delta_r2, sample_columns, within_columns
+from spectra_interp.stats.clusters import Clusters
 from spectra_interp.stats.columns import HEAD_COLUMNS
 from spectra_interp.stats.criteria import Criteria
 from spectra_interp.stats.inference import (
+    bootstrap_ci,
     fdr_q_values,
     jackknife_p_value,
     naive_p_value,
@@ -35,6 +38,8 @@ def head_table(
     trained_sample: pd.DataFrame | None = None,
     random_init_stats: Float[np.ndarray, "window layer head moment"] | None = None,
     *,
+    clusters: Clusters | None = None,
+    sample_arrays: SampleArrays | None = None,
     n_boot: int = 1000,
     seed: int = 0,
     criteria: Criteria | None = None,
@@ -43,8 +48,10 @@ def head_table(
     """One row per (layer, head) from per-window statistics stacked as ``[window, layer, head,
     moment]`` (a list of per-window arrays works too); the columns are `HEAD_COLUMNS`.
 
-    ``spearman_rho`` uses the token sample only (NaN without one); ``random_init_r`` is NaN
-    without the random-init statistics; ``passes`` applies `criteria` (default: the seed's).
+    Inference (jackknife p, bootstrap CIs) resamples `clusters` (default: each window its own);
+    ``spearman_rho`` uses the token sample frame and the span and temperature columns the
+    stacked sample (NaN without them); ``random_init_r`` is NaN without the random-init
+    statistics; ``passes`` applies `criteria` (default: the seed's).
     """
     criteria = criteria or Criteria()
     s = np.asarray(trained_stats, dtype=np.float64)
@@ -55,10 +62,18 @@ def head_table(
     if s.shape[0] == 0:
         raise SpectraError("No windows: trained_stats is empty.")
     n_layers, n_heads = s.shape[1:3]
+    clusters = clusters or Clusters.windows(s.shape[0])
+    if clusters.ids.shape != (s.shape[0],):
+        raise SpectraError(f"{clusters.ids.shape[0]} cluster ids for {s.shape[0]} windows.")
+    per_cluster = clusters.sum(s)
     pooled = correlations(s.sum(0))
-    ci_low, ci_high = r_bootstrap_ci(s, n_boot=n_boot, seed=seed, level=ci_level)
-    p_cluster, se = jackknife_p_value(s)
-    q = fdr_q_values(p_cluster.ravel()).reshape(p_cluster.shape)
+    ci_low, ci_high = r_bootstrap_ci(per_cluster, n_boot=n_boot, seed=seed, level=ci_level)
+    p_jackknife, se = jackknife_p_value(per_cluster)
+    q = fdr_q_values(p_jackknife.ravel()).reshape(p_jackknife.shape)
+    within = clusters.sum(within_columns(s))
+    d_low, d_high = bootstrap_ci(within, delta_r2, n_boot=n_boot, seed=seed, level=ci_level)
+    nan = np.full((n_layers, n_heads), np.nan)
+    span = sample_columns(sample_arrays) if sample_arrays is not None else {}
     spearman = (
         spearman_from_sample(trained_sample, n_layers, n_heads)
         if trained_sample is not None
@@ -82,6 +97,8 @@ def head_table(
         "head": head,
         "n_tokens": pooled["n"].astype(np.int64),
         "n_windows": (s[..., Moment.N] > 0).sum(0).astype(np.int64),
+        "cluster_unit": np.full((n_layers, n_heads), clusters.unit),
+        "n_clusters": np.full((n_layers, n_heads), clusters.n, dtype=np.int64),
         "pearson_r": r,
         "pearson_r_log": pooled["pearson_r_log"],
         "spearman_rho": spearman,
@@ -90,7 +107,7 @@ def head_table(
         "ci_low": ci_low,
         "ci_high": ci_high,
         "p_naive": naive_p_value(r, pooled["n"]),
-        "p_cluster": p_cluster,
+        "p_jackknife": p_jackknife,
         "se_fisher_z": se,
         "q_fdr": q,
         "perm_r": pooled["perm_r"],
@@ -101,6 +118,15 @@ def head_table(
         "sign": _sign(r),
         "mean_qnorm": pooled["mean_qnorm"],
         "mean_entropy": pooled["mean_entropy"],
+        "r_max_attn": span.get("r_max_attn", nan),
+        "r_log_keff": span.get("r_log_keff", nan),
+        "auroc_low_entropy": span.get("auroc_low_entropy", nan),
+        "delta_r2": delta_r2(within.sum(0)),
+        "delta_r2_ci_low": d_low,
+        "delta_r2_ci_high": d_high,
+        "slope_obs": span.get("slope_obs", nan),
+        "gain_entropy": span.get("gain_entropy", nan),
+        "temperature_share": span.get("temperature_share", nan),
     }
     if list(columns) != list(HEAD_COLUMNS):
         raise AssertionError("head_table's columns drifted from stats.columns.HEAD_COLUMNS")

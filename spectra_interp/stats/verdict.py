@@ -156,7 +156,65 @@ def verdict(
         },
         "criteria": checks,
         "all_criteria_met": all(c["met"] for c in checks.values()),
+        "beyond_r": beyond_r(table, criteria),
     }
+
+
+BEST_SHOWN = 5
+
+
+def beyond_r(table: pd.DataFrame, criteria: Criteria) -> dict | None:
+    """The second question: what ‖q‖ adds beyond position and the softmax's own rescaling. A
+    finding, stated with its numbers; None for a table without these columns."""
+    if "delta_r2" not in table.columns:
+        return None
+    beyond = table["delta_r2_ci_low"] > 0
+    share = float(beyond.mean()) if len(table) else 0.0
+    ts = table["temperature_share"].dropna()
+    quartiles = ts.quantile([0.25, 0.5, 0.75]).tolist() if len(ts) else [None] * 3
+    best = table.dropna(subset=["auroc_low_entropy"]).nlargest(BEST_SHOWN, "auroc_low_entropy")
+    if share >= criteria.min_share:
+        finding = (
+            f"‖q‖ explains variance of H beyond position in {int(beyond.sum())} of {len(table)} "
+            f"heads ({share:.0%}; median delta R^2 among them "
+            f"{_num(table.loc[beyond, 'delta_r2'].median()):.3f})."
+        )
+    else:
+        finding = (
+            f"‖q‖ adds little beyond position: only {int(beyond.sum())} of {len(table)} heads "
+            f"({share:.0%}) have a delta R^2 whose 95% CI excludes 0."
+        )
+    return {
+        "question": "what does ‖q‖ add beyond position (delta R^2) and beyond rescaling "
+        "(temperature share)?",
+        "delta_r2": {
+            "heads_ci_excludes_0": int(beyond.sum()),
+            "share": share,
+            "median": _mean_or(table["delta_r2"].median()),
+            "max": _max(table["delta_r2"]),
+        },
+        "temperature_share": {
+            "q25": _mean_or(quartiles[0]),
+            "median": _mean_or(quartiles[1]),
+            "q75": _mean_or(quartiles[2]),
+            "heads": int(len(ts)),
+        },
+        "best_auroc_heads": [
+            {
+                "layer": int(row["layer"]),
+                "head": int(row["head"]),
+                "auroc_low_entropy": _num(row["auroc_low_entropy"]),
+                "pearson_r": _num(row["pearson_r"]),
+                "delta_r2": _num(row["delta_r2"]),
+            }
+            for _, row in best.iterrows()
+        ],
+        "finding": finding,
+    }
+
+
+def _mean_or(v: float | None) -> float | None:
+    return None if v is None else _num(v)
 
 
 def _fmt(v: float | None, spec: str = ".3f") -> str:
@@ -197,4 +255,17 @@ def verdict_text(summary: dict) -> str:
     lines.append(
         "Verdict: all seed criteria met." if summary["all_criteria_met"] else "Verdict: not met."
     )
+    extra = summary.get("beyond_r")
+    if extra:
+        ts = extra["temperature_share"]
+        best = ", ".join(
+            f"L{h['layer']}H{h['head']} {_fmt(h['auroc_low_entropy'], '.2f')}"
+            for h in extra["best_auroc_heads"]
+        )
+        lines += [
+            f"Beyond r: {extra['finding']}",
+            f"  temperature share (observed slope / rescaling gain): median "
+            f"{_fmt(ts['median'], '.2f')} (quartiles {_fmt(ts['q25'], '.2f')} to "
+            f"{_fmt(ts['q75'], '.2f')}); best AUROC for sharp attention: {best or 'n/a'}.",
+        ]
     return "\n".join(lines)

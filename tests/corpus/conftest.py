@@ -13,7 +13,20 @@ from spectra_interp.corpus.windows import (
     make_windows,
 )
 
-BOOK_IDS = ["pg1342-pride-and-prejudice", "pg2641-a-room-with-a-view", "pg84-frankenstein"]
+BOOK_IDS = [
+    "pg11-alice-in-wonderland",
+    "pg1342-pride-and-prejudice",
+    "pg16-peter-pan",
+    "pg1661-sherlock-holmes",
+    "pg174-dorian-gray",
+    "pg236-the-jungle-book",
+    "pg2641-a-room-with-a-view",
+    "pg345-dracula",
+    "pg5200-metamorphosis",
+    "pg84-frankenstein",
+    "pg98-a-tale-of-two-cities",
+    "tinyshakespeare",
+]
 
 
 @pytest.fixture(scope="session")

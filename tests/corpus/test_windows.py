@@ -48,7 +48,7 @@ def test_decoding_a_window_gives_the_text_at_its_offset(bundled_windows, books, 
 
 def test_windows_stay_inside_one_document(small_docs, tok):
     w = make_windows(small_docs, tok, 256)
-    assert w.meta.doc_id.nunique() == 3
+    assert w.meta.doc_id.nunique() == len(small_docs)
     doc_ids = {d.doc_id: ids_of(tok, d.text) for d in small_docs}
     for row in w.meta.itertuples():
         doc = doc_ids[row.doc_id]
@@ -73,13 +73,18 @@ def test_selection_is_deterministic_for_a_seed_and_differs_across_seeds(small_do
     assert np.array_equal(a.tokens, every.tokens[picked])
 
 
-def test_select_windows():
-    assert select_windows(5, None, 0).tolist() == [0, 1, 2, 3, 4]
-    assert select_windows(5, 9, 0).tolist() == [0, 1, 2, 3, 4]
-    chosen = select_windows(1000, 10, 3)
-    assert chosen.tolist() == sorted(set(chosen.tolist())) and len(chosen) == 10
-    assert chosen.tolist() == select_windows(1000, 10, 3).tolist()
-    assert chosen.tolist() != select_windows(1000, 10, 4).tolist()
+def test_select_windows_spreads_across_documents():
+    docs = np.repeat(np.arange(12), [500, 40, 30, 30, 20, 20, 20, 10, 10, 10, 5, 1])
+    assert select_windows(docs[:5], None, 0).tolist() == [0, 1, 2, 3, 4]
+    assert select_windows(docs[:5], 9, 0).tolist() == [0, 1, 2, 3, 4]
+    chosen = select_windows(docs, 16, 3)
+    assert chosen.tolist() == sorted(set(chosen.tolist())) and len(chosen) == 16
+    counts = np.bincount(docs[chosen], minlength=12)
+    assert (counts >= 1).all() and counts.max() == 2  # every document, then a second turn
+    assert chosen.tolist() == select_windows(docs, 16, 3).tolist()
+    assert chosen.tolist() != select_windows(docs, 16, 4).tolist()
+    uniform = np.random.default_rng(3).choice(len(docs), 16, replace=False)
+    assert len(set(docs[uniform])) < 12  # what stratifying avoids: the big book dominates
 
 
 def test_stride_overlaps_windows(small_docs, tok):

@@ -63,7 +63,7 @@ def test_gqa_statistics_are_per_query_head(tiny_model):
     got = extract(tiny_model, torch.randint(0, 300, (2, 20)))
     assert got.qnorm.shape == (2, 3, 4, 20)
     assert not torch.allclose(got.qnorm[:, :, 0], got.qnorm[:, :, 1])
-    assert torch.isfinite(got.entropy).all() and (got.entropy[..., 0] == 0).all()
+    assert torch.isfinite(got.entropy).all() and (got.entropy[..., 0].abs() < 1e-6).all()
 
 
 def test_stream_holds_one_layer_of_patterns_at_a_time(tiny_model):

@@ -62,9 +62,9 @@ def test_window_level_effect_only_is_not_significant_at_cluster_level():
     table = head_table(stack(windows), n_boot=300, seed=0)
     assert (table["p_naive"] < 1e-6).mean() > 0.8
     assert table["pearson_r"].abs().max() > 0.5  # large pooled r from 8 window means alone ...
-    rejections = (table["p_cluster"] < 0.05).mean()
+    rejections = (table["p_jackknife"] < 0.05).mean()
     assert rejections <= 0.10  # ... but cluster inference holds its nominal 5% level
-    assert (table["p_cluster"] < 0.01).mean() <= 0.03
+    assert (table["p_jackknife"] < 0.01).mean() <= 0.03
     assert not table["passes"].any()
     summary = verdict(table)
     assert summary["passing"]["total"] == 0
@@ -74,7 +74,7 @@ def test_window_level_effect_only_is_not_significant_at_cluster_level():
 def test_within_window_effect_is_significant_with_few_windows():
     windows = simulate(8, 2001, 1, 20, seed=10, beta=-0.8, sd_a=0.3, sd_b=0.3)
     table = head_table(stack(windows), n_boot=300, seed=0)
-    assert (table["p_cluster"] < 1e-3).all()
+    assert (table["p_jackknife"] < 1e-3).all()
     assert table["passes"].all() and (table["sign"] == "negative").all()
 
 
@@ -101,6 +101,6 @@ def test_naive_p_matches_pearsonr_and_handles_edges():
 
 def test_single_window_has_no_cluster_inference():
     table = head_table(stack(simulate(1, 100, 1, 2, seed=14, beta=-1.0)), n_boot=20)
-    assert table["p_cluster"].isna().all() and table["ci_low"].isna().all()
+    assert table["p_jackknife"].isna().all() and table["ci_low"].isna().all()
     assert not table["passes"].any()
     assert table["pearson_r"].notna().all()

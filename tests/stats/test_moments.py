@@ -5,17 +5,16 @@ import warnings
 
 import numpy as np
 import pytest
-from synthetic import causal_keys, simulate, stack, window_stats
+from synthetic import causal_keys, sample_of, simulate, stack, window_stats
 
 from spectra_interp.errors import SpectraError
 from spectra_interp.stats.moments import MOMENTS, N_MOMENTS, Moment, correlations
-from spectra_interp.stats.sample import token_sample
 from spectra_interp.stats.table import head_table
 from spectra_interp.stats.verdict import verdict
 
 
 def test_moment_layout():
-    assert N_MOMENTS == len(MOMENTS) == 17
+    assert N_MOMENTS == len(MOMENTS) == 18
     assert MOMENTS[Moment.SXY] == "sxy"
     windows = simulate(2, 20, 2, 3, seed=0)
     s = stack(windows)
@@ -107,7 +106,7 @@ def test_zero_variance_head_gives_nan_without_warnings():
         summary = verdict(table)
     json.dumps(summary, allow_nan=False)
     row = table.iloc[1]
-    for col in ("pearson_r", "ci_low", "ci_high", "p_naive", "p_cluster", "q_fdr", "perm_r"):
+    for col in ("pearson_r", "ci_low", "ci_high", "p_naive", "p_jackknife", "q_fdr", "perm_r"):
         assert np.isnan(row[col]), col
     assert not row["passes"] and row["sign"] == "none"
     assert table.iloc[0]["passes"] and table.iloc[2]["passes"]
@@ -127,7 +126,7 @@ def test_window_stats_bad_positions(kwargs, match):
     with pytest.raises(SpectraError, match=match):
         window_stats(q, q, causal_keys(10), perm_seed=0, **kwargs)
     with pytest.raises(SpectraError, match=match):
-        token_sample(q, q, causal_keys(10), k=3, seed=0, **kwargs)
+        sample_of(q, q, causal_keys(10), k=3, seed=0, **kwargs)
 
 
 def test_window_stats_bad_inputs():

@@ -4,11 +4,11 @@ import numpy as np
 import pandas as pd
 import pytest
 from scipy import stats as sps
-from synthetic import causal_keys, simulate, stack
+from synthetic import causal_keys, sample_of, simulate, stack
 
 from spectra_interp.errors import SpectraError
 from spectra_interp.stats.moments import correlations
-from spectra_interp.stats.sample import sample_frame, token_sample
+from spectra_interp.stats.sample import sample_frame
 from spectra_interp.stats.table import head_table
 from spectra_interp.stats.verdict import verdict, verdict_text
 
@@ -33,7 +33,7 @@ def test_known_correlation_with_shared_window_effects():
     sample = pd.concat(
         [
             sample_frame(
-                token_sample(q, h, causal_keys(n_pos), skip_first=1, k=n_pos, seed=i), window_id=i
+                sample_of(q, h, causal_keys(n_pos), skip_first=1, k=n_pos, seed=i), window_id=i
             )
             for i, (q, h) in enumerate(windows)
         ]
@@ -66,7 +66,7 @@ def test_head_table_columns_and_random_init():
     table = head_table(trained, random_init_stats=random_init, n_boot=100)
     required = (
         "layer head n_tokens n_windows pearson_r pearson_r_log spearman_rho partial_r_position "
-        "pearson_r_norm_entropy ci_low ci_high p_naive p_cluster q_fdr perm_r random_init_r "
+        "pearson_r_norm_entropy ci_low ci_high p_naive p_jackknife q_fdr perm_r random_init_r "
         "passes sign"
     ).split()
     assert set(required) <= set(table.columns)
@@ -79,7 +79,7 @@ def test_head_table_columns_and_random_init():
     mixed = pd.concat(
         [
             sample_frame(
-                token_sample(q, h, causal_keys(80), skip_first=1, k=5, seed=0), window_id=0, model=m
+                sample_of(q, h, causal_keys(80), skip_first=1, k=5, seed=0), window_id=0, model=m
             )
             for (q, h), m in zip(
                 simulate(2, 80, 2, 3, seed=18), ["trained", "random_init"], strict=True
