@@ -90,23 +90,15 @@ def query_extras(
     z = logits.float()
     hidden = ~allowed
 
-    def log_probs(s: Tensor) -> Tensor:
-        return torch.log_softmax(s.masked_fill(hidden, float("-inf")), dim=-1)
+    def entropy_of(s: Tensor) -> Tensor:
+        return torch.special.entr(torch.softmax(s.masked_fill(hidden, float("-inf")), -1)).sum(-1)
 
-    def entropy(log_p: Tensor) -> Tensor:
-        p = log_p.exp()
-        return -(p * log_p.masked_fill(hidden, 0.0)).sum(-1)
-
-    scaled = torch.stack(
-        [entropy(log_probs(capped(alpha * z, softcap))) for alpha in scales], dim=-1
-    )
-    s = capped(z, softcap)
-    log_p = log_probs(s)
-    p = log_p.exp()
-    ds = z * (1 - torch.tanh(z / softcap) ** 2) if softcap else s
-    s0, ds0 = s.masked_fill(hidden, 0.0), ds.masked_fill(hidden, 0.0)
-    mean_s, mean_ds = (p * s0).sum(-1, keepdim=True), (p * ds0).sum(-1, keepdim=True)
-    gain = -(p * (s0 - mean_s) * (ds0 - mean_ds)).sum(-1)
+    scaled = torch.stack([entropy_of(capped(alpha * z, softcap)) for alpha in scales], dim=-1)
+    s = capped(z, softcap).masked_fill(hidden, 0.0)
+    p = torch.softmax(s.masked_fill(hidden, float("-inf")), dim=-1)
+    ds = z.masked_fill(hidden, 0.0) * (1 - torch.tanh(z / softcap) ** 2) if softcap else s
+    mean_s, mean_ds = (p * s).sum(-1, keepdim=True), (p * ds).sum(-1, keepdim=True)
+    gain = -(p * (s - mean_s) * (ds - mean_ds)).sum(-1)
     return {
         "max_attn": p.max(dim=-1).values,
         "k_eff": keys_for_mass(p, mass),

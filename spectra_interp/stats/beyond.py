@@ -4,7 +4,11 @@ A negative r(‖q‖, H) is partly guaranteed: for a fixed query direction the l
 ‖q‖ and dH/dlog‖q‖ = -Var_p(s) <= 0. These statistics separate that from the rest:
 
 - `delta_r2`: the share of the variance of H that log‖q‖ explains beyond log(keys seen) and the
-  window means (within-window regression), from mergeable per-window sums, with a cluster CI;
+  window means (within-window regression), from mergeable per-window sums, with a cluster CI.
+  It carries the sign of the log‖q‖ coefficient (negative: larger ‖q‖, lower H, as H1 says),
+  because an unsigned R^2 gain is never below 0 and its interval would exclude 0 even where
+  ‖q‖ adds nothing; signed, the interval excludes 0 only when the direction holds across
+  clusters;
 - `slope_obs`: the within-window slope dH/dlog‖q‖ given log(keys seen), on the token sample;
   `gain_entropy`: the mean local gain dH/dlog(alpha) at alpha = 1 of the same queries (what
   rescaling the query alone does); `temperature_share` = slope_obs / gain_entropy;
@@ -63,7 +67,8 @@ def within_columns(stats: Float[np.ndarray, "window ... moment"]) -> np.ndarray:
 
 def delta_r2(columns: Float[np.ndarray, "... column"]) -> np.ndarray:
     """R^2 of H on (log‖q‖, log keys seen) minus R^2 on log keys seen alone, both with window
-    means (fixed effects), as a share of the total variance of H. NaN where undefined."""
+    means (fixed effects), as a share of the total variance of H, signed by the log‖q‖
+    coefficient. NaN where undefined."""
     c = np.asarray(columns, dtype=np.float64)
     w = Within
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -75,7 +80,8 @@ def delta_r2(columns: Float[np.ndarray, "... column"]) -> np.ndarray:
             + c[..., w.CZY] ** 2 * c[..., w.CLXLX]
         ) / det
         position = c[..., w.CZY] ** 2 / c[..., w.CZZ]
-        out = (both - position) / total
+        slope = c[..., w.CLXY] * c[..., w.CZZ] - c[..., w.CZY] * c[..., w.CLXZ]
+        out = np.sign(slope) * (both - position) / total
     ok = (det > 1e-12 * np.abs(c[..., w.CLXLX] * c[..., w.CZZ])) & (total > 0)
     return np.where(ok, out, np.nan)
 

@@ -32,7 +32,7 @@ HEAD_COLUMNS: dict[str, str] = {
     "r_max_attn": "r(‖q‖, largest attention weight) on the token sample",
     "r_log_keff": "r(log‖q‖, log k_eff) on the token sample (k_eff: fewest keys with --keff-mass)",
     "auroc_low_entropy": "how well a larger ‖q‖ ranks below-median-H queries first (0.5: no skill)",
-    "delta_r2": "share of the variance of H log‖q‖ explains beyond log(keys seen) and window means",
+    "delta_r2": "share of var(H) log‖q‖ adds to log(keys seen) + window means, signed by slope",
     "delta_r2_ci_low": "lower end of the 95% cluster-bootstrap interval of delta_r2",
     "delta_r2_ci_high": "upper end of the 95% cluster-bootstrap interval of delta_r2",
     "slope_obs": "within-window slope dH/dlog‖q‖ given log(keys seen), nats, on the token sample",

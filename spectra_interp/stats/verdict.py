@@ -168,7 +168,8 @@ def beyond_r(table: pd.DataFrame, criteria: Criteria) -> dict | None:
     finding, stated with its numbers; None for a table without these columns."""
     if "delta_r2" not in table.columns:
         return None
-    beyond = table["delta_r2_ci_low"] > 0
+    lower, upper = table["delta_r2_ci_high"] < 0, table["delta_r2_ci_low"] > 0
+    beyond = lower | upper
     share = float(beyond.mean()) if len(table) else 0.0
     ts = table["temperature_share"].dropna()
     quartiles = ts.quantile([0.25, 0.5, 0.75]).tolist() if len(ts) else [None] * 3
@@ -176,8 +177,9 @@ def beyond_r(table: pd.DataFrame, criteria: Criteria) -> dict | None:
     if share >= criteria.min_share:
         finding = (
             f"‖q‖ explains variance of H beyond position in {int(beyond.sum())} of {len(table)} "
-            f"heads ({share:.0%}; median delta R^2 among them "
-            f"{_num(table.loc[beyond, 'delta_r2'].median()):.3f})."
+            f"heads ({share:.0%}; {int(lower.sum())} with larger ‖q‖ going with lower H); the "
+            f"median |delta R^2| among them is "
+            f"{_num(table.loc[beyond, 'delta_r2'].abs().median()):.3f}."
         )
     else:
         finding = (
@@ -189,9 +191,11 @@ def beyond_r(table: pd.DataFrame, criteria: Criteria) -> dict | None:
         "(temperature share)?",
         "delta_r2": {
             "heads_ci_excludes_0": int(beyond.sum()),
+            "heads_ci_below_0": int(lower.sum()),
+            "heads_ci_above_0": int(upper.sum()),
             "share": share,
             "median": _mean_or(table["delta_r2"].median()),
-            "max": _max(table["delta_r2"]),
+            "median_abs": _mean_or(table["delta_r2"].abs().median()),
         },
         "temperature_share": {
             "q25": _mean_or(quartiles[0]),
