@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from spectra_interp import settings
-from spectra_interp.config import SweepConfig
+from spectra_interp.config import BudgetConfig, SweepConfig
 from spectra_interp.errors import SpectraError
 
 OFFLINE_COMMAND = "python scripts/sweep_heads.py"
@@ -94,11 +94,34 @@ def visualize_command(argv: Sequence[str], prog: str = "spectra visualize") -> i
     parser = settings.Parser(
         prog=prog, description="Rebuild report.html from a results folder alone (no model)."
     )
-    parser.add_argument("results_dir", help="a results folder written by a sweep")
+    parser.add_argument(
+        "results_dir", help="a results folder written by a sweep (or by `spectra budget`)"
+    )
     args = parser.parse_args(list(argv))
+    from spectra_interp.results.layout import BudgetLayout
+
+    if BudgetLayout.holds(args.results_dir):
+        from spectra_interp.viz.budget_report import build_budget_report
+
+        print(f"Report: {build_budget_report(args.results_dir)}")
+        return 0
     from spectra_interp.viz.report import build_report
 
     print(f"Report: {build_report(args.results_dir)}")
+    return 0
+
+
+BUDGET_HELP = (
+    "Phase 2: can ‖q‖ set each query's key budget better than its head and position, at matched "
+    "mean budgets? With no arguments: SmolLM2-135M on the CPU over the bundled books, fitted on "
+    "half the documents and evaluated on the other half."
+)
+
+
+def budget_command(argv: Sequence[str], prog: str = "spectra budget") -> int:
+    from spectra_interp.budget import run_budget
+
+    run_budget(config_from_argv(BudgetConfig, argv, prog, BUDGET_HELP))
     return 0
 
 
@@ -126,6 +149,9 @@ COMMANDS: dict[str, Command] = {
         experiment_command, f"the sweep with the {PHASE1_PRESET} preset (CUDA, weights)"
     ),
     "visualize": Command(visualize_command, "rebuild report.html from a results folder"),
+    "budget": Command(
+        budget_command, "Phase 2: ‖q‖ as each query's key budget against head and position"
+    ),
     "doctor": Command(doctor_command, "check this machine: torch, CUDA, models, hub, token"),
 }
 
@@ -172,3 +198,7 @@ def guarded(run: Callable[[], int]) -> int:
             file=sys.stderr,
         )
         return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -146,7 +146,9 @@ class SweepConfig(RunConfig):
         shown_default="all",
     )  # fmt: skip
     sample_per_window: int = setting(
-        256, "tokens per window kept for Spearman and plots", check=positive_int
+        256,
+        "queries per window in the token sample (rank, span and temperature statistics, plots)",
+        check=positive_int,
     )
     n_boot: int = setting(1000, "cluster bootstrap resamples", check=positive_int)
     keff_mass: float = setting(
@@ -156,6 +158,14 @@ class SweepConfig(RunConfig):
     q_scales: tuple[float, ...] = setting(
         Q_SCALES, "factors alpha the query is scaled by for the alpha-response (include 1)",
         check=_q_scales, parse=float_list, shown_default="0.5,1/sqrt2,1,sqrt2,2",
+    )  # fmt: skip
+    attention_slices: int = setting(
+        3, "windows (spread over the run) whose attention is kept for the views",
+        check=positive_int, identity=False,
+    )  # fmt: skip
+    attention_tokens: int = setting(
+        48, "tokens per kept slice, taken from the middle of its window (where every query "
+        "already sees many keys)", check=positive_int, identity=False,
     )  # fmt: skip
     criteria: Criteria = setting(default_factory=Criteria)
 
@@ -171,4 +181,102 @@ class SweepConfig(RunConfig):
                 "The random-init control builds its model on one device; with --device-map use "
                 "--controls randomization,position and run random:<model> separately where it "
                 "fits."
+            )
+
+
+# --- Phase 2: key budgets from ‖q‖ -----------------------------------------------------------
+
+BUDGETS = (0.2, 0.35, 0.5)
+# Every arm's achieved mean budget must lie within this of its target.
+BUDGET_TOLERANCE = 0.02
+
+
+def _budgets(flag: str, value: Any) -> None:
+    if not value or any(
+        not isinstance(v, int | float) or isinstance(v, bool) or not 0 < v <= 1 for v in value
+    ):
+        raise SpectraError(f"{flag} must be a comma-separated list of fractions in (0, 1].")
+    if len(set(value)) != len(value):
+        raise SpectraError(f"{flag} lists a budget twice: {list(value)}.")
+
+
+def _optional_fraction(flag: str, value: Any) -> None:
+    if value is not None:
+        open_fraction(flag, value)
+
+
+def _optional_float(text: str | float | None) -> float | None:
+    """`matched` (or none) -> None; a number -> that number."""
+    if text is None or isinstance(text, int | float):
+        return text
+    if text.strip().lower() in ("", "none", "matched"):
+        return None
+    try:
+        return float(text)
+    except ValueError as err:
+        raise SpectraError(f"{text!r} is not a number (or 'matched').") from err
+
+
+@dataclass(frozen=True)
+class BudgetConfig(RunConfig):
+    """One Phase 2 run: can ‖q‖ set each query's key budget better than its head and position?
+
+    `ctx=512`, 6 evaluation and 12 calibration windows: the offline default (SmolLM2-135M, 2 CPU
+    cores) runs 22 teacher-forced forwards per evaluation window and finishes inside 10 minutes.
+    `skip_first=16`: the first queries see so few keys that the always-kept sink and recent keys
+    are most of them; every arm is nearly dense there, so they would only dilute the comparison
+    (they attend to every visible key in every arm and are not evaluated). `fit_mass=0.9`: the
+    rules predict the quantity Phase 1 measured; `matched` (each budget fitted at the mass it
+    affords, as the oracle keeps) did no better for head_position or qnorm on the offline
+    default, so the simpler target stays the default.
+    """
+
+    OUT_PREFIX: ClassVar[str] = "adaptive-"
+
+    ctx: int = setting(512, "tokens per window", check=_ctx)
+    max_windows: int | None = setting(
+        6, "evaluation windows to sample with the seed (none: all)",
+        check=optional_positive_int, parse=optional_int,
+    )  # fmt: skip
+    calibration_windows: int | None = setting(
+        12, "calibration windows to sample with the seed (none: all)",
+        check=optional_positive_int, parse=optional_int,
+    )  # fmt: skip
+    calibration_share: float = setting(
+        0.5, "share of the documents (drawn with the seed) whose windows fit the budget rules; "
+        "the other documents evaluate them", check=open_fraction,
+    )  # fmt: skip
+    budgets: tuple[float, ...] = setting(
+        BUDGETS, "mean fractions of the visible keys kept, one masked forward per arm and budget",
+        check=_budgets, parse=float_list,
+    )  # fmt: skip
+    sink: int = setting(1, "first tokens of the window every arm keeps", check=non_negative_int)
+    recent: int = setting(
+        4, "most recent keys (the query's own included) every arm keeps (a local window; not "
+        "--local, which torchrun would take for one of its own options)", check=non_negative_int,
+    )  # fmt: skip
+    skip_first: int = setting(
+        16, "positions at the start of each window that keep every key and are not evaluated"
+    )
+    fit_mass: float | None = setting(
+        SweepConfig.keff_mass, "the rules are fitted to each query's k_p, the fewest keys "
+        "holding mass p (0.9: the sweep's k_eff), or with `matched` to k_p at the mass each "
+        "budget affords on the calibration documents (the oracle's own target)",
+        check=_optional_fraction, parse=_optional_float,
+    )  # fmt: skip
+    position_bins: int = setting(
+        8, "bins of log(keys seen) within which qnorm_shuffled permutes ‖q‖", check=positive_int
+    )
+    n_boot: int = setting(1000, "cluster bootstrap resamples", check=positive_int)
+    alpha: float = setting(
+        0.05, "level of the one-sided paired test of qnorm against head_position",
+        check=open_fraction,
+    )  # fmt: skip
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not isinstance(self.skip_first, int) or not 0 <= self.skip_first <= self.ctx - 2:
+            raise SpectraError(
+                f"--skip-first must be between 0 and ctx - 2 (at least one evaluated token with "
+                f"a next token); got {self.skip_first}."
             )

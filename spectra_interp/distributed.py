@@ -10,8 +10,10 @@ from __future__ import annotations
 import datetime
 import os
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as torch_dist
@@ -83,3 +85,20 @@ class Dist:
     def close(self) -> None:
         if self.owns_group and torch_dist.is_initialized():
             torch_dist.destroy_process_group()
+
+
+T = TypeVar("T")
+
+
+def run_distributed(config: Any, body: Callable[[Dist], T]) -> T:
+    """Run `body` as this process's part of a run (torchrun's rank, or the only process), and
+    always leave the process group."""
+    from spectra_interp.errors import SpectraError
+
+    dist = Dist.from_env(config.device)
+    if config.device_map and dist.world_size > 1:
+        raise SpectraError("--device-map spreads one model over all GPUs; run it without torchrun.")
+    try:
+        return body(dist)
+    finally:
+        dist.close()

@@ -418,3 +418,14 @@ def iter_flag_values(obj: Any) -> Iterator[tuple[str, str]]:
             yield s.flag, ",".join(map(str, value)) or "none"
         else:
             yield s.flag, str(value)
+
+
+def markdown_table(cls: type) -> str:
+    """The README's table of a command's settings: flag, default, meaning."""
+    rows = []
+    for s in specs(cls):
+        shown = _help(s).rsplit(" [", 1)
+        text, default = (shown[0], shown[1][:-1]) if len(shown) == 2 else ("", shown[0][1:-1])
+        flag = f"`{s.flag}`" + (f" / `--no-{s.flag[2:]}`" if s.is_bool else "")
+        rows.append(f"| {flag} | `{default}` | {text.replace('|', chr(92) + '|')} |")
+    return "\n".join(["| flag | default | meaning |", "|---|---|---|", *rows])

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from spectra_interp import models
 from spectra_interp.config import SweepConfig
 from spectra_interp.corpus import Windows, added_bos_id, load_corpus
-from spectra_interp.distributed import Dist
+from spectra_interp.distributed import Dist, run_distributed
 from spectra_interp.errors import SpectraError
 from spectra_interp.extract import SampleRequest, extract, q_source
 from spectra_interp.metrics import attention_entropy, query_norm
@@ -41,7 +41,6 @@ from spectra_interp.stats.sample import sample_positions, token_sample
 from spectra_interp.stats.table import head_table
 from spectra_interp.stats.verdict import verdict, verdict_text
 
-ATTENTION_SAMPLE_TOKENS = 48
 STRONGEST_SHOWN = 10
 CLAIM_POLL_S = 2.0
 Log = Callable[[str], Any]
@@ -117,20 +116,44 @@ def run_model_pass(
     dist: Dist,
     log: Log,
 ) -> dict[str, float]:
-    """Extract and store every window of this rank not yet done, claiming each block first and
-    waiting for blocks another live run holds; returns this process's throughput."""
+    """Extract and store every window of this rank not yet done (see `run_blocks`); returns this
+    process's throughput."""
     window_ids = windows.meta["window_id"].to_numpy()
+
+    def compute(block: Block) -> int:
+        _compute_block(model, label, windows, window_ids, block, config, layout)
+        return int(windows.tokens[block.rows].size)
+
+    return run_blocks(
+        label, window_ids, config.batch_size, layout, dist, compute, config.progress, log
+    )
+
+
+def run_blocks(
+    label: str,
+    window_ids: np.ndarray,
+    batch_size: int,
+    layout: Any,
+    dist: Dist,
+    compute: Callable[[Block], int],
+    progress: bool,
+    log: Log,
+) -> dict[str, float]:
+    """Compute every block of this rank whose windows have no `label` shard yet, claiming each
+    block first and waiting for blocks another live run holds. `compute(block)` writes the
+    block's shards and returns the tokens it read; `layout` is any results layout with
+    `claim(label, block)` and `done_windows(label)`. Returns this process's throughput."""
 
     def done(block: Block) -> bool:
         return set(window_ids[block.rows].tolist()) <= layout.done_windows(label)
 
-    todo = [b for b in rank_blocks(len(window_ids), config.batch_size, dist) if not done(b)]
+    todo = [b for b in rank_blocks(len(window_ids), batch_size, dist) if not done(b)]
     total = sum(len(b.rows) for b in todo)
     bar = tqdm(
         total=total,
         desc=f"{label} windows",
         unit="win",
-        disable=not config.progress or dist.rank != 0,
+        disable=not progress or dist.rank != 0,
     )
     computed, tokens_done, seconds, waited = 0, 0, 0.0, False
     while todo:
@@ -141,10 +164,10 @@ def run_model_pass(
             try:
                 if not done(block):
                     start = time.perf_counter()
-                    _compute_block(model, label, windows, window_ids, block, config, layout)
+                    tokens_done += compute(block)
                     seconds += time.perf_counter() - start
-                    tokens_done += windows.tokens[block.rows].size
                     computed += len(block.rows)
+                    bar.update(len(block.rows))
             finally:
                 store.release_claim(claim)
             bar.set_postfix(tok_s=f"{tokens_done / max(seconds, 1e-9):,.0f}")
@@ -191,23 +214,57 @@ def _compute_block(
         store.write_shard(layout, label, wid, **record)
 
 
+def slice_rows(n_windows: int, n_slices: int) -> np.ndarray:
+    """The windows whose attention is kept: spread from the first to the last."""
+    return np.unique(np.linspace(0, n_windows - 1, min(n_slices, n_windows)).round().astype(int))
+
+
 @torch.inference_mode()
-def attention_sample(model: Any, tokens: np.ndarray, tokenizer: Any) -> dict[str, np.ndarray]:
-    """Every head's pattern, ‖q‖ and H on a short excerpt (the first tokens of window 0), from
-    one forward pass, for the attention views."""
+def attention_slice(
+    model: Any, tokens: np.ndarray, start: int, length: int
+) -> dict[str, np.ndarray]:
+    """Every head's attention among `length` tokens from `start` of one window (the keys before
+    the slice are not shown), with those queries' ‖q‖ and full-context H, from one forward."""
     spec = models.spec_of(model)
-    excerpt = torch.from_numpy(tokens[:ATTENTION_SAMPLE_TOKENS])[None].to(model.cfg.device)
-    q_names = [hooks.attn_hook(spec.q_hook, layer) for layer in range(spec.n_layers)]
-    p_names = [hooks.attn_hook("pattern", layer) for layer in range(spec.n_layers)]
-    _, cached = model.run_with_cache(
-        excerpt, names_filter=q_names + p_names, stop_at_layer=spec.n_layers
-    )
-    pattern = torch.stack([cached[name][0] for name in p_names])
+    end = start + length
+    kept: dict[str, list] = {"pattern": [], "qnorm": [], "entropy": []}
+
+    def on_q(q: torch.Tensor, hook: Any) -> None:
+        kept["qnorm"].append(query_norm(q)[0, :, start:end].cpu())
+
+    def on_pattern(pattern: torch.Tensor, hook: Any) -> None:
+        rows = pattern[0, :, start:end]
+        kept["pattern"].append(rows[..., start:end].half().cpu())
+        kept["entropy"].append(attention_entropy(rows[None], block=length)[0].cpu())
+
+    fwd_hooks = []
+    for layer in range(spec.n_layers):
+        fwd_hooks.append((hooks.attn_hook(spec.q_hook, layer), on_q))
+        fwd_hooks.append((hooks.attn_hook("pattern", layer), on_pattern))
+    window = torch.from_numpy(tokens[:end])[None].to(model.cfg.device)
+    model.run_with_hooks(
+        window, fwd_hooks=fwd_hooks, stop_at_layer=spec.n_layers, return_type=None,
+        output_attentions=False,
+    )  # fmt: skip
+    return {name: torch.stack(values).numpy() for name, values in kept.items()}
+
+
+def attention_sample(
+    model: Any, windows: Windows, tokenizer: Any, config: SweepConfig
+) -> dict[str, np.ndarray]:
+    """A few slices of attention from windows spread over the run, from their middles."""
+    length = min(config.attention_tokens, windows.ctx)
+    start = (windows.ctx - length) // 2
+    rows = slice_rows(len(windows), config.attention_slices)
+    slices = [attention_slice(model, windows.tokens[row], start, length) for row in rows]
+    texts = [
+        [tokenizer.decode([t]) for t in windows.tokens[row][start : start + length]] for row in rows
+    ]
     return {
-        "token_strs": np.array([tokenizer.decode([t]) for t in excerpt[0].tolist()]),
-        "pattern": pattern.half().cpu().numpy(),
-        "qnorm": torch.stack([query_norm(cached[name])[0] for name in q_names]).cpu().numpy(),
-        "entropy": attention_entropy(pattern).cpu().numpy(),
+        "window_ids": windows.meta["window_id"].to_numpy()[rows],
+        "starts": np.full(len(rows), start),
+        "token_strs": np.array(texts),
+        **{name: np.stack([s[name] for s in slices]) for name in ("pattern", "qnorm", "entropy")},
     }
 
 
@@ -290,13 +347,7 @@ def estimate_bytes(config: SweepConfig, n_layers: int, n_heads: int) -> int:
 
 def run_sweep(config: SweepConfig, *, log: Log = print) -> Path:
     """Run (or resume, or join) the sweep of `config`; returns the results folder."""
-    dist = Dist.from_env(config.device)
-    if config.device_map and dist.world_size > 1:
-        raise SpectraError("--device-map spreads one model over all GPUs; run it without torchrun.")
-    try:
-        return _run(config, dist, log)
-    finally:
-        dist.close()
+    return run_distributed(config, lambda dist: _run(config, dist, log))
 
 
 def _run(config: SweepConfig, dist: Dist, log: Log) -> Path:
@@ -330,9 +381,8 @@ def _run(config: SweepConfig, dist: Dist, log: Log) -> Path:
             store.write_json(layout.config, record)
         timings[label] = run_model_pass(model, label, windows, config, layout, dist, log)
         if label == "trained" and dist.rank == 0:
-            store.write_npz(
-                layout.attention, **attention_sample(model, windows.tokens[0], tokenizer)
-            )
+            slices = attention_sample(model, windows, tokenizer, config)
+            store.write_npz(layout.attention, **slices)
         del model
         release_memory(device)
     dist.barrier()

@@ -15,6 +15,7 @@ from spectra_interp.results import store
 from spectra_interp.results.layout import SweepLayout
 from spectra_interp.sweep import _config_record, finalize, window_positions, window_record
 
+SYNTHETIC_KEYS = 32
 WORDS = ["The", " quick", " brown", " fox", " jumps", " over", " the", " lazy", " dog", "."]
 
 
@@ -46,32 +47,38 @@ def synthetic_extras(
     qnorm: np.ndarray, positions: np.ndarray, config: SweepConfig, rng: np.random.Generator
 ) -> dict[str, np.ndarray]:
     """The sampled queries' extras by the real `query_extras`, from logits ‖q‖ · g with random
-    unit-variance directions g (a query's temperature set by its norm)."""
+    directions g over the last `SYNTHETIC_KEYS` keys a query sees (a query's temperature set
+    by its norm; few keys keep the fixture fast)."""
     import torch
 
     n_layers, n_heads, _ = qnorm.shape
-    g = rng.standard_normal((n_layers, n_heads, len(positions), config.ctx)) * 0.3
+    n_keys = min(SYNTHETIC_KEYS, config.ctx)
+    g = rng.standard_normal((n_layers, n_heads, len(positions), n_keys)) * 0.3
     logits = torch.from_numpy(qnorm[..., positions, None] * g).float()
-    allowed = visible_keys(torch.from_numpy(positions), config.ctx, None)[None]
+    allowed = visible_keys(torch.from_numpy(np.minimum(positions, n_keys - 1)), n_keys, None)[None]
     out = query_extras(logits, allowed, softcap=None, scales=config.q_scales, mass=config.keff_mass)
     return {name: value.numpy() for name, value in out.items()}
 
 
-def attention_excerpt(
-    n_layers: int, n_heads: int, t: int, rng: np.random.Generator
+def attention_slices(
+    n_layers: int, n_heads: int, t: int, rng: np.random.Generator, n_slices: int = 2
 ) -> dict[str, np.ndarray]:
-    """Causal softmax patterns of random logits, with their entropies."""
+    """Causal softmax patterns of random logits for a few slices, with their entropies."""
     import torch
 
-    logits = rng.standard_normal((n_layers, n_heads, t, t)) * 2.0
+    logits = rng.standard_normal((n_slices, n_layers, n_heads, t, t)) * 2.0
     logits[..., np.triu_indices(t, 1)[0], np.triu_indices(t, 1)[1]] = -np.inf
     pattern = np.exp(logits - logits.max(-1, keepdims=True))
     pattern /= pattern.sum(-1, keepdims=True)
+    entropy = attention_entropy(torch.from_numpy(pattern).flatten(0, 1)).numpy()
+    words = ["<|endoftext|>"] + [WORDS[i % len(WORDS)] for i in range(t - 1)]
     return {
-        "token_strs": np.array(["<|endoftext|>"] + [WORDS[i % len(WORDS)] for i in range(t - 1)]),
+        "window_ids": np.arange(n_slices),
+        "starts": np.full(n_slices, 8),
+        "token_strs": np.array([words] * n_slices),
         "pattern": pattern.astype(np.float16),
-        "qnorm": rng.uniform(3, 12, size=(n_layers, n_heads, t)).astype(np.float32),
-        "entropy": attention_entropy(torch.from_numpy(pattern)).numpy(),
+        "qnorm": rng.uniform(3, 12, size=(n_slices, n_layers, n_heads, t)).astype(np.float32),
+        "entropy": entropy.reshape(n_slices, n_layers, n_heads, t),
     }
 
 
@@ -126,8 +133,7 @@ def make_fake_results(
     record["n_windows"] = n_windows
     record["environment"] = {"device": "cpu", "dtype": "float32", "git_commit": "0123456789abcdef"}
     store.write_json(layout.config, record)
-    store.write_npz(
-        layout.attention, **attention_excerpt(n_layers, n_heads, min(excerpt, ctx), rng)
-    )
+    slices = attention_slices(n_layers, n_heads, min(excerpt, ctx), rng)
+    store.write_npz(layout.attention, **slices)
     finalize(layout, config, timings={}, log=lambda *_: None)
     return layout.root

@@ -53,7 +53,7 @@ def test_results_folder_is_complete(finished):
     sample = pd.read_parquet(out / "token_sample.parquet")
     assert set(sample["model"]) == {"trained", "random_init"}
     attention = np.load(out / "attention_sample.npz")
-    assert attention["pattern"].shape == (30, 9, 48, 48)
+    assert attention["pattern"].shape == (3, 30, 9, 48, 48)  # 3 slices of 48 tokens
     assert "Verdict" in done.stdout and "Report:" in done.stdout and "pearson_r" in done.stdout
 
 

@@ -67,7 +67,7 @@ def repeat_kv(x: Float[Tensor, "b kv t d"], groups: int) -> Float[Tensor, "b h t
     return x if groups == 1 else torch.repeat_interleave(x, groups, dim=1)
 
 
-def _allowed(attention_mask: Tensor | None, n_q: int, n_k: int, device: torch.device) -> Tensor:
+def allowed_mask(attention_mask: Tensor | None, n_q: int, n_k: int, device: torch.device) -> Tensor:
     """The boolean mask [b or 1, 1, q, k] a layer applies (causal when the model passes none)."""
     if attention_mask is None:
         return torch.ones(n_q, n_k, dtype=torch.bool, device=device).tril(n_k - n_q)[None, None]
@@ -101,6 +101,16 @@ def exact_attention(
     return out, entropy
 
 
+def entropy_from_kernel(
+    lse: Float[Tensor, "b h t"],
+    q: Float[Tensor, "b h t d"],
+    mean_key: Float[Tensor, "b h t d"],
+    scale: float,
+) -> Float[Tensor, "b h t"]:
+    """H = log Z - scale · q·(P K), from a kernel's logsumexp and its output on values K."""
+    return lse.float() - scale * torch.einsum("bhtd,bhtd->bht", q.float(), mean_key.float())
+
+
 def flash_cpu_attention(
     q: Float[Tensor, "b h t d"],
     k: Float[Tensor, "b h s d"],
@@ -113,7 +123,7 @@ def flash_cpu_attention(
     zeros = torch.zeros_like(q)
     mask = None
     if attention_mask is not None:
-        allowed = _allowed(attention_mask, q.shape[2], k.shape[2], q.device)
+        allowed = allowed_mask(attention_mask, q.shape[2], k.shape[2], q.device)
         mask = torch.zeros(allowed.shape, dtype=q.dtype, device=q.device).masked_fill_(
             ~allowed, -math.inf
         )
@@ -127,8 +137,7 @@ def flash_cpu_attention(
         scale=scale,
     )
     del zeros
-    entropy = lse.float() - scale * torch.einsum("bhtd,bhtd->bht", q.float(), both[..., d:].float())
-    return both[..., :d], entropy
+    return both[..., :d], entropy_from_kernel(lse, q, both[..., d:], scale)
 
 
 @contextlib.contextmanager
@@ -165,10 +174,7 @@ def flex_attention_call(
             return_aux=AuxRequest(lse=True),
         )  # fmt: skip
     d = q.shape[-1]
-    entropy = aux.lse.float() - scale * torch.einsum(
-        "bhtd,bhtd->bht", q.float(), out[..., d:].float()
-    )
-    return out[..., :d], entropy
+    return out[..., :d], entropy_from_kernel(aux.lse, q, out[..., d:], scale)
 
 
 _COMPILED: list[Any] = []
@@ -208,7 +214,7 @@ def attention_forward(
     elif kernel == "flex":
         out, entropy = flex_attention_call(query, k, v, kwargs.get("sliding_window"), scale)
     else:
-        allowed = _allowed(attention_mask, query.shape[2], k.shape[2], query.device)
+        allowed = allowed_mask(attention_mask, query.shape[2], k.shape[2], query.device)
         out, entropy = exact_attention(query, k, v, allowed, scale, softcap)
     collector.qnorm[layer] = torch.linalg.vector_norm(query.float(), dim=-1).cpu()
     collector.entropy[layer] = entropy.clamp_min(0.0).cpu()

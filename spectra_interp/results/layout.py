@@ -15,34 +15,34 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 SCHEMA_VERSION = 2
 SHARD_PATTERN = re.compile(r"window_(\d{5,})\.npz")
 
 
 @dataclass(frozen=True)
-class SweepLayout:
-    """The paths of one sweep results folder."""
+class Layout:
+    """What every results folder shares: a root, config.json, summary.json, report.html, shards
+    and claims per stage (a model, or a phase of the run), and the README table of its files."""
 
     root: Path
 
     CONFIG = "config.json"
-    TOKENS = "windows/tokens.npy"
-    META = "windows/meta.csv"
+    SUMMARY = "summary.json"
+    REPORT = "report.html"
     SHARDS = "shards"
     CLAIMS = "claims"
-    HEAD_STATS = "head_stats.csv"
-    SUMMARY = "summary.json"
-    TOKEN_SAMPLE = "token_sample.parquet"
-    ALPHA_RESPONSE = "alpha_response.csv"
-    ATTENTION = "attention_sample.npz"
-    REPORT = "report.html"
-    # What a finished run writes beside its shards (and what --overwrite removes).
-    OUTPUTS = (CONFIG, HEAD_STATS, SUMMARY, TOKEN_SAMPLE, ALPHA_RESPONSE, ATTENTION, REPORT)
-    FOLDERS = ("windows", SHARDS, CLAIMS)
+    DESCRIPTIONS: ClassVar[dict[str, str]] = {}
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "root", Path(self.root))
+
+    @classmethod
+    def files_markdown(cls) -> str:
+        """The README's table of the folder."""
+        rows = [f"| `{name}` | {text} |" for name, text in cls.DESCRIPTIONS.items()]
+        return "\n".join(["| file | contents |", "|---|---|", *rows])
 
     def path(self, name: str) -> Path:
         return self.root / name
@@ -50,6 +50,73 @@ class SweepLayout:
     @property
     def config(self) -> Path:
         return self.root / self.CONFIG
+
+    @property
+    def summary(self) -> Path:
+        return self.root / self.SUMMARY
+
+    @property
+    def report(self) -> Path:
+        return self.root / self.REPORT
+
+    def shard_dir(self, stage: str) -> Path:
+        return self.root / self.SHARDS / stage
+
+    def shard(self, stage: str, window_id: int) -> Path:
+        return self.shard_dir(stage) / f"window_{window_id:05d}.npz"
+
+    def relative_shard(self, stage: str, window_id: int) -> str:
+        """A shard's path relative to the folder (what ranks on other machines send)."""
+        return str(self.shard(stage, window_id).relative_to(self.root))
+
+    def claim(self, stage: str, block: int) -> Path:
+        return self.root / self.CLAIMS / stage / f"block_{block:05d}.json"
+
+    def done_windows(self, stage: str) -> set[int]:
+        """Window ids whose shard of `stage` is complete (shards are renamed into place whole)."""
+        folder = self.shard_dir(stage)
+        if not folder.is_dir():
+            return set()
+        return {int(m.group(1)) for p in folder.iterdir() if (m := SHARD_PATTERN.fullmatch(p.name))}
+
+
+@dataclass(frozen=True)
+class SweepLayout(Layout):
+    """The paths of one sweep results folder."""
+
+    TOKENS = "windows/tokens.npy"
+    META = "windows/meta.csv"
+    HEAD_STATS = "head_stats.csv"
+    TOKEN_SAMPLE = "token_sample.parquet"
+    ALPHA_RESPONSE = "alpha_response.csv"
+    ATTENTION = "attention_sample.npz"
+    # What a finished run writes beside its shards (and what --overwrite removes).
+    OUTPUTS = (
+        Layout.CONFIG,
+        HEAD_STATS,
+        Layout.SUMMARY,
+        TOKEN_SAMPLE,
+        ALPHA_RESPONSE,
+        ATTENTION,
+        Layout.REPORT,
+    )
+    FOLDERS = ("windows", Layout.SHARDS, Layout.CLAIMS)
+    DESCRIPTIONS = {
+        Layout.CONFIG: "settings, resume identity, versions, device, dtype, seed, git commit, "
+        "where ‖q‖ was read (`q_source`, with the kernel of each layer) and each layer's "
+        "attention facts",
+        f"{TOKENS}, {META}": "the windows' token ids; their source, document and offset",
+        f"{Layout.SHARDS}/<model>/window_XXXXX.npz": "per-window sufficient statistics and token "
+        "sample (the unit of resume)",
+        f"{Layout.CLAIMS}/<model>/block_XXXXX.json": "a block of windows a live run is computing",
+        HEAD_STATS: "one row per (layer, head); columns below",
+        Layout.SUMMARY: "the verdict: pass rule, criteria met or not, controls, beyond r",
+        TOKEN_SAMPLE: "the token sample of both models: ‖q‖, H, keys seen, max attention, "
+        "k_eff, gain per sampled query",
+        ALPHA_RESPONSE: "`layer, head, scale, mean_entropy`: H with the query scaled by alpha",
+        ATTENTION: "every head's pattern, ‖q‖ and H on short excerpts (attention views)",
+        Layout.REPORT: "the self-contained interactive report",
+    }
 
     @property
     def tokens(self) -> Path:
@@ -64,10 +131,6 @@ class SweepLayout:
         return self.root / self.HEAD_STATS
 
     @property
-    def summary(self) -> Path:
-        return self.root / self.SUMMARY
-
-    @property
     def token_sample(self) -> Path:
         return self.root / self.TOKEN_SAMPLE
 
@@ -79,26 +142,68 @@ class SweepLayout:
     def attention(self) -> Path:
         return self.root / self.ATTENTION
 
+
+BUDGET_SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True)
+class BudgetLayout(Layout):
+    """The paths of one Phase 2 (key budget) results folder.
+
+    Three stages write per-window shards: the dense passes of the calibration and evaluation
+    windows (‖q‖ and what the budgets are set from), then every arm and budget on each
+    evaluation window. `plan.npz` (fitted rules, scales, oracle masses) sits between them.
+    """
+
+    WINDOWS = "windows"
+    PLAN = "plan.npz"
+    CURVES = "budget_curves.csv"
+    PER_HEAD = "per_head.csv"
+    # The two disjoint sets of documents, and the stages that write shards.
+    CALIBRATION, EVALUATION, MASKED = "calibration", "evaluation", "masked"
+    SPLITS = (CALIBRATION, EVALUATION)
+    STAGES = (CALIBRATION, EVALUATION, MASKED)
+    OUTPUTS = (Layout.CONFIG, PLAN, CURVES, PER_HEAD, Layout.SUMMARY, Layout.REPORT)
+    FOLDERS = (WINDOWS, Layout.SHARDS, Layout.CLAIMS)
+    DESCRIPTIONS = {
+        Layout.CONFIG: "settings, resume identity, versions, device, dtype, the documents of each "
+        "split and each layer's attention facts",
+        f"{WINDOWS}/<split>/tokens.npy, meta.csv": "token ids of the calibration and evaluation "
+        "windows; their source, document and offset",
+        f"{Layout.SHARDS}/{CALIBRATION}/window_XXXXX.npz": "dense pass of a calibration window: "
+        "‖q‖ and k_eff of every query",
+        f"{Layout.SHARDS}/{EVALUATION}/window_XXXXX.npz": "dense pass of an evaluation window: "
+        "‖q‖ and the oracle's keys at a grid of masses (what the budgets are set from)",
+        f"{Layout.SHARDS}/{MASKED}/window_XXXXX.npz": "every arm and budget on one evaluation "
+        "window: per-token KL, NLL and top-1 agreement, keys kept per head (the unit of resume)",
+        f"{Layout.CLAIMS}/<stage>/block_XXXXX.json": "a block of windows a live run is computing",
+        PLAN: "the fitted rules, each arm's scale per budget and the oracle's masses",
+        CURVES: "one row per (arm, budget), dense once; columns below",
+        PER_HEAD: "one row per (arm, budget, layer, head): the rule and the head's keys kept",
+        Layout.SUMMARY: "the verdict: qnorm against head_position per budget, the gap to the "
+        "oracle closed, the shuffled control, how the budgets were met",
+        Layout.REPORT: "the self-contained report: quality against keys kept, per-head budgets",
+    }
+
+    @classmethod
+    def holds(cls, root: str | Path) -> bool:
+        """Whether `root` is a finished Phase 2 folder (it has the budget curves)."""
+        return (Path(root) / cls.CURVES).is_file()
+
     @property
-    def report(self) -> Path:
-        return self.root / self.REPORT
+    def plan(self) -> Path:
+        return self.root / self.PLAN
 
-    def shard_dir(self, model: str) -> Path:
-        return self.root / self.SHARDS / model
+    @property
+    def curves(self) -> Path:
+        return self.root / self.CURVES
 
-    def shard(self, model: str, window_id: int) -> Path:
-        return self.shard_dir(model) / f"window_{window_id:05d}.npz"
+    @property
+    def per_head(self) -> Path:
+        return self.root / self.PER_HEAD
 
-    def relative_shard(self, model: str, window_id: int) -> str:
-        """A shard's path relative to the folder (what ranks on other machines send)."""
-        return str(self.shard(model, window_id).relative_to(self.root))
+    def tokens(self, split: str) -> Path:
+        return self.root / self.WINDOWS / split / "tokens.npy"
 
-    def claim(self, model: str, block: int) -> Path:
-        return self.root / self.CLAIMS / model / f"block_{block:05d}.json"
-
-    def done_windows(self, model: str) -> set[int]:
-        """Window ids whose shard is complete (a shard is only ever renamed into place whole)."""
-        folder = self.shard_dir(model)
-        if not folder.is_dir():
-            return set()
-        return {int(m.group(1)) for p in folder.iterdir() if (m := SHARD_PATTERN.fullmatch(p.name))}
+    def meta(self, split: str) -> Path:
+        return self.root / self.WINDOWS / split / "meta.csv"

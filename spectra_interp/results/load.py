@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from jaxtyping import Float
+from jaxtyping import Float, Int
 
 from spectra_interp.errors import SpectraError
 from spectra_interp.results.layout import SweepLayout
@@ -83,12 +83,15 @@ def _arrays(samples: list[dict[str, np.ndarray]]) -> SampleArrays:
 
 @dataclass(frozen=True)
 class AttentionSample:
-    """Short excerpts for which every head's full pattern was kept."""
+    """Slices of attention kept for the views: per slice, its tokens, and every head's pattern
+    among them with those queries' ‖q‖ and H."""
 
-    token_strs: list[str]
-    pattern: Float[np.ndarray, "layer head query key"]
-    qnorm: Float[np.ndarray, "layer head pos"]
-    entropy: Float[np.ndarray, "layer head pos"]
+    window_ids: Int[np.ndarray, " slice"]
+    starts: Int[np.ndarray, " slice"]
+    token_strs: list[list[str]]
+    pattern: Float[np.ndarray, "slice layer head query key"]
+    qnorm: Float[np.ndarray, "slice layer head pos"]
+    entropy: Float[np.ndarray, "slice layer head pos"]
 
 
 @dataclass
@@ -101,6 +104,7 @@ class Results:
     summary: dict = field(default_factory=dict)
     token_sample: pd.DataFrame | None = None
     attention: AttentionSample | None = None
+    alpha_response: pd.DataFrame | None = None
 
     @property
     def layout(self) -> SweepLayout:
@@ -136,7 +140,8 @@ class Results:
         return s[keep]
 
 
-def _read_json(path: Path) -> dict:
+def read_json_object(path: Path) -> dict:
+    """A JSON file as a dict ({} when absent), or one clear sentence when it is not JSON."""
     if not path.is_file():
         return {}
     try:
@@ -151,7 +156,9 @@ def _attention(path: Path) -> AttentionSample | None:
         return None
     with np.load(path, allow_pickle=False) as z:
         return AttentionSample(
-            token_strs=[str(s) for s in z["token_strs"]],
+            window_ids=z["window_ids"],
+            starts=z["starts"],
+            token_strs=[[str(t) for t in row] for row in z["token_strs"]],
             pattern=z["pattern"].astype(np.float32),
             qnorm=z["qnorm"].astype(np.float32),
             entropy=z["entropy"].astype(np.float32),
@@ -174,8 +181,11 @@ def load_results(results_dir: str | Path) -> Results:
     return Results(
         path=layout.root,
         head_stats=table,
-        config=_read_json(layout.config),
-        summary=_read_json(layout.summary),
+        config=read_json_object(layout.config),
+        summary=read_json_object(layout.summary),
         token_sample=sample,
         attention=_attention(layout.attention),
+        alpha_response=(
+            pd.read_csv(layout.alpha_response) if layout.alpha_response.is_file() else None
+        ),
     )

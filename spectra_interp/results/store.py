@@ -36,6 +36,13 @@ from spectra_interp.results.layout import SweepLayout
 CLAIM_STALE_S = float(os.environ.get("SPECTRA_CLAIM_STALE_H", "12")) * 3600
 
 
+def _file_mode() -> int:
+    """The mode a plain open() would give a new file (mkstemp's own is 0600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 # --- atomic files ------------------------------------------------------------------------
 
 
@@ -49,6 +56,7 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(tmp, _file_mode())
         os.replace(tmp, path)
     except OSError as err:
         Path(tmp).unlink(missing_ok=True)

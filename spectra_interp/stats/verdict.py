@@ -273,3 +273,25 @@ def verdict_text(summary: dict) -> str:
             f"{_fmt(ts['q75'], '.2f')}); best AUROC for sharp attention: {best or 'n/a'}.",
         ]
     return "\n".join(lines)
+
+
+def interpretation(summary: dict) -> list[str]:
+    """The run's numbers in a few plain sentences (the story notebook's closing lines)."""
+    c = summary["criteria"]
+    criteria = Criteria.from_summary(summary)
+    met = "all met" if summary["all_criteria_met"] else "not all met"
+    lines = [
+        f"Success criteria of the original plan: {met} ({c['effect_size']['heads']} heads with "
+        f"|r| >= {criteria.r_threshold}, {c['significance']['heads']} of them significant after "
+        f"correction, mean permuted r {_fmt(c['randomization_control']['mean_perm_r'], '+.4f')}).",
+    ]
+    beyond = summary.get("beyond_r")
+    if beyond:
+        ts = beyond["temperature_share"]
+        lines += [
+            f"Beyond position: {beyond['finding']}",
+            f"Beyond rescaling: the median temperature share is {_fmt(ts['median'], '.2f')} "
+            f"(quartiles {_fmt(ts['q25'], '.2f')} to {_fmt(ts['q75'], '.2f')}); 1 would mean the "
+            "observed dependence of H on ‖q‖ is what rescaling the query alone produces.",
+        ]
+    return lines

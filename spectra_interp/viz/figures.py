@@ -8,7 +8,7 @@ browser: `density_traces` / `position_traces` give exactly the arrays the figure
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
@@ -22,13 +22,6 @@ TEMPLATE = "plotly_white"
 NEGATIVE = "#c0392b"
 POSITIVE = "#2e6da4"
 CONTROL_COLORS = {"trained": "#34495e", "permutation": "#e67e22", "random init": "#8e44ad"}
-R_COLUMNS = {
-    "pearson_r": "Pearson r",
-    "pearson_r_log": "Pearson r (log ‖q‖)",
-    "spearman_rho": "Spearman ρ",
-    "partial_r_position": "partial r | position",
-    "pearson_r_norm_entropy": "Pearson r (H / log n_keys)",
-}
 
 
 def _num(value: object) -> float:
@@ -65,21 +58,48 @@ def sign_of(table: pd.DataFrame) -> Int[np.ndarray, " row"]:
     return np.zeros(len(table), dtype=int)
 
 
-def head_title(row: Mapping[str, object]) -> str:
-    """One line naming a head with its r, interval, q-value and n (whatever the row has)."""
+def format_number(value: object) -> str:
+    """How every statistic is written on the page: tiny values in scientific notation, a float
+    that underflowed to 0 as "< 1e-300", integers with separators, the rest to 4 digits."""
+    if value is None or isinstance(value, str):
+        return "—" if value is None else value
+    if isinstance(value, bool | np.bool_):
+        return "yes" if value else "no"
+    v = float(value)  # type: ignore[arg-type]
+    if not np.isfinite(v):
+        return "—"
+    if float(v).is_integer() and abs(v) < 1e15 and not isinstance(value, float | np.floating):
+        return f"{int(v):,}"
+    if v == 0:
+        return "< 1e-300"
+    if abs(v) < 1e-3:
+        return f"{v:.2e}"
+    return f"{v:.4g}"
+
+
+def head_title(
+    row: Mapping[str, object], model: str = "trained", sampled: int | None = None
+) -> str:
+    """One line naming a head with its r (the random-init model's own r for model
+    "random_init"), interval, q-value and how many tokens the figure shows."""
     parts = [f"L{int(_num(row.get('layer')))} H{int(_num(row.get('head')))}"]
-    r = _num(row.get("pearson_r"))
-    if np.isfinite(r):
-        text = f"r = {r:+.3f}"
-        lo, hi = _num(row.get("ci_low")), _num(row.get("ci_high"))
-        if np.isfinite(lo) and np.isfinite(hi):
-            text += f" [{lo:+.3f}, {hi:+.3f}]"
-        parts.append(text)
-    q = _num(row.get("q_fdr"))
-    if np.isfinite(q):
-        parts.append(f"q = {q:.2g}")
+    if model == "random_init":
+        parts.append(f"random init · r = {_num(row.get('random_init_r')):+.3f}")
+    else:
+        r = _num(row.get("pearson_r"))
+        if np.isfinite(r):
+            text = f"r = {r:+.3f}"
+            lo, hi = _num(row.get("ci_low")), _num(row.get("ci_high"))
+            if np.isfinite(lo) and np.isfinite(hi):
+                text += f" [{lo:+.3f}, {hi:+.3f}]"
+            parts.append(text)
+        q = _num(row.get("q_fdr"))
+        if np.isfinite(q):
+            parts.append(f"q = {format_number(q)}")
     n = _num(row.get("n_tokens"))
-    if np.isfinite(n):
+    if sampled is not None and np.isfinite(n):
+        parts.append(f"{sampled:,} sampled of {int(n):,} tokens")
+    elif np.isfinite(n):
         parts.append(f"n = {int(n):,}")
     return " · ".join(parts)
 
@@ -311,44 +331,89 @@ def _fade(hex_color: str, alpha: float = 0.25) -> str:
 # --- the whole model -----------------------------------------------------------------------
 
 
-def head_heatmap(table: pd.DataFrame, value: str = "pearson_r") -> go.Figure:
-    """Layer x head map of a correlation, diverging around 0; passing heads are outlined."""
+@dataclass(frozen=True)
+class Metric:
+    """One colouring of the layer x head map."""
+
+    label: str
+    zmin: float
+    zmax: float
+    colorscale: str = "RdBu"
+
+
+# The heatmap's metric switch: column (or derived name) -> how to colour it.
+HEATMAP_METRICS: dict[str, Metric] = {
+    "pearson_r": Metric("Pearson r(‖q‖, H)", -1, 1),
+    "partial_r_position": Metric("partial r given keys seen", -1, 1),
+    "pearson_r_norm_entropy": Metric("r with H / log(keys seen)", -1, 1),
+    "random_init_r": Metric("random-init r", -1, 1),
+    "trained_minus_random": Metric("trained r − random-init r", -1, 1),
+    "delta_r2": Metric("delta R² beyond position (signed)", -0.5, 0.5),
+    "temperature_share": Metric("temperature share (1: rescaling alone)", 0, 2, "Viridis"),
+    "r_log_keff": Metric("r(log‖q‖, log k_eff)", -1, 1),
+}
+
+
+def metric_values(table: pd.DataFrame, name: str) -> np.ndarray:
+    """A heatmap metric's value per row of the table (NaN where the run has no such column)."""
+    if name == "trained_minus_random":
+        return _col(table, "pearson_r") - _col(table, "random_init_r")
+    return _col(table, name)
+
+
+def _col(table: pd.DataFrame, name: str) -> np.ndarray:
+    if name not in table:
+        return np.full(len(table), np.nan)
+    return pd.to_numeric(table[name], errors="coerce").to_numpy(np.float64)
+
+
+def grid(table: pd.DataFrame, values: np.ndarray, fill: object = np.nan) -> np.ndarray:
+    """Row values -> [head, layer] grid (the heatmap's orientation)."""
     layers = np.sort(table["layer"].unique())
     heads = np.sort(table["head"].unique())
-    li = np.searchsorted(layers, table["layer"].to_numpy())
-    hi = np.searchsorted(heads, table["head"].to_numpy())
-    z = np.full((len(heads), len(layers)), np.nan)
-    z[hi, li] = table[value].to_numpy(np.float64)
-    fields = ["pearson_r", "ci_low", "ci_high", "q_fdr", "n_tokens"]
-    custom = np.full((len(heads), len(layers), len(fields)), np.nan)
-    for k, name in enumerate(fields):
-        if name in table:
-            custom[hi, li, k] = pd.to_numeric(table[name], errors="coerce").to_numpy()
+    out = np.full((len(heads), len(layers)), fill, dtype=np.asarray(values).dtype)
+    out[np.searchsorted(heads, table["head"]), np.searchsorted(layers, table["layer"])] = values
+    return out
+
+
+HOVER_COLUMNS = ("pearson_r", "ci_low", "ci_high", "q_fdr", "partial_r_position", "n_tokens")
+
+
+def hover_text(table: pd.DataFrame) -> np.ndarray:
+    """Each head's hover lines, numbers written by `format_number`."""
     passing = passes_mask(table)
-    text = np.full((len(heads), len(layers)), "", dtype=object)
-    text[hi, li] = np.where(passing, "passes", "does not pass")
-    label = R_COLUMNS.get(value, value)
+    lines = []
+    for i, row in enumerate(table.to_dict("records")):
+        parts = [f"L{int(row['layer'])} H{int(row['head'])}"]
+        for name in HOVER_COLUMNS:
+            if name in row:
+                parts.append(f"{name} = {format_number(row[name])}")
+        parts.append("passes" if passing[i] else "does not pass")
+        lines.append("<br>".join(parts))
+    return grid(table, np.array(lines, dtype=object), "")
+
+
+def head_heatmap(table: pd.DataFrame, value: str = "pearson_r") -> go.Figure:
+    """Layer x head map of a metric (`HEATMAP_METRICS`); passing heads are outlined."""
+    metric = HEATMAP_METRICS[value]
+    layers = np.sort(table["layer"].unique())
+    heads = np.sort(table["head"].unique())
+    passing = passes_mask(table)
     fig = go.Figure(
         go.Heatmap(
-            z=z,
+            z=grid(table, metric_values(table, value)),
             x=layers,
             y=heads,
-            customdata=np.round(custom, 5).tolist(),
-            text=text.tolist(),
-            colorscale="RdBu",
-            zmid=0,
-            zmin=-1,
-            zmax=1,
+            text=hover_text(table).tolist(),
+            colorscale=metric.colorscale,
+            zmid=0 if metric.colorscale == "RdBu" else None,
+            zmin=metric.zmin,
+            zmax=metric.zmax,
             xgap=1,
             ygap=1,
-            colorbar={"title": {"text": label}},
-            hovertemplate=(
-                f"layer %{{x}}, head %{{y}}<br>{label} = %{{z:.3f}}"
-                "<br>Pearson r = %{customdata[0]:.3f} [%{customdata[1]:.3f}, %{customdata[2]:.3f}]"
-                "<br>q (FDR) = %{customdata[3]:.2g}<br>n = %{customdata[4]:,}<br>%{text}"
-                "<extra></extra>"
-            ),
-            name=label,
+            colorbar={"title": {"text": metric.label}},
+            hovertemplate="%{text}<br>shown: %{z:.4g}<extra></extra>",
+            name=metric.label,
         )
     )
     fig.add_trace(
@@ -363,7 +428,7 @@ def head_heatmap(table: pd.DataFrame, value: str = "pearson_r") -> go.Figure:
     )
     fig.update_layout(
         template=TEMPLATE,
-        title={"text": f"{label} per head (outlined: passes)"},
+        title={"text": f"{metric.label} per head (outlined: passes)"},
         xaxis={
             "title": {"text": "layer"},
             "dtick": 1 if len(layers) <= 40 else None,
@@ -378,6 +443,193 @@ def head_heatmap(table: pd.DataFrame, value: str = "pearson_r") -> go.Figure:
         margin={"l": 60, "r": 20, "t": 50, "b": 50},
         showlegend=False,
         plot_bgcolor="#dddddd",
+    )
+    return fig
+
+
+def uncertainty_figure(table: pd.DataFrame, criteria: Criteria | None = None) -> go.Figure:
+    """Every head's r with its cluster-bootstrap interval, sorted, with the pass threshold."""
+    criteria = criteria or Criteria()
+    order = np.argsort(_col(table, "pearson_r"))
+    t = table.iloc[order]
+    r = _col(t, "pearson_r")
+    passing = passes_mask(t)
+    labels = _head_labels(t)
+    fig = go.Figure()
+    for mask, name, color in ((passing, "passes", NEGATIVE), (~passing, "does not", "#95a5a6")):
+        fig.add_trace(
+            go.Scatter(
+                x=np.arange(len(t))[mask],
+                y=r[mask],
+                mode="markers",
+                name=name,
+                marker={"color": color, "size": 5},
+                error_y={
+                    "type": "data",
+                    "symmetric": False,
+                    "array": (_col(t, "ci_high") - r)[mask],
+                    "arrayminus": (r - _col(t, "ci_low"))[mask],
+                    "thickness": 1,
+                    "width": 0,
+                    "color": color,
+                },
+                text=np.array(labels)[mask],
+                hovertemplate="%{text}: r = %{y:.3f}<extra></extra>",
+            )
+        )
+    for y in (-criteria.r_threshold, criteria.r_threshold):
+        fig.add_hline(y=y, line={"dash": "dot", "color": "#555"})
+    fig.update_layout(
+        template=TEMPLATE,
+        title={"text": "r per head with its 95% cluster-bootstrap interval, sorted"},
+        xaxis={"title": {"text": "heads, by r"}, "showticklabels": False},
+        yaxis={"title": {"text": "Pearson r"}, "range": [-1, 1]},
+        height=380,
+        margin={"l": 60, "r": 20, "t": 50, "b": 40},
+        legend={"orientation": "h", "y": 1.02, "x": 1, "xanchor": "right", "yanchor": "bottom"},
+    )
+    return fig
+
+
+def robustness_figure(
+    table: pd.DataFrame, criteria: Criteria | None = None, cutoffs: np.ndarray | None = None
+) -> go.Figure:
+    """Heads passing against the |r| cutoff (q cut as recorded): how much the count depends on
+    the threshold chosen."""
+    criteria = criteria or Criteria()
+    cutoffs = np.round(np.arange(0.30, 0.701, 0.05), 2) if cutoffs is None else cutoffs
+    r, q = _col(table, "pearson_r"), _col(table, "q_fdr")
+    counts = [int(replace(criteria, r_threshold=float(c)).passes(r, q).sum()) for c in cutoffs]
+    fig = go.Figure(
+        go.Scatter(
+            x=cutoffs,
+            y=counts,
+            mode="lines+markers",
+            line={"color": NEGATIVE},
+            hovertemplate="|r| ≥ %{x:.2f}: %{y} heads<extra></extra>",
+        )
+    )
+    fig.add_vline(x=criteria.r_threshold, line={"dash": "dot", "color": "#555"})
+    fig.update_layout(
+        template=TEMPLATE,
+        title={"text": f"heads passing against the |r| cutoff (q < {criteria.fdr})"},
+        xaxis={"title": {"text": "|r| cutoff"}},
+        yaxis={"title": {"text": "heads passing"}, "rangemode": "tozero"},
+        height=380,
+        margin={"l": 60, "r": 20, "t": 50, "b": 50},
+    )
+    return fig
+
+
+def _head_labels(table: pd.DataFrame) -> list[str]:
+    return [f"L{int(a)} H{int(b)}" for a, b in zip(table["layer"], table["head"], strict=True)]
+
+
+def _diagonal_scatter(
+    table: pd.DataFrame,
+    x: np.ndarray,
+    y: np.ndarray,
+    marker: dict,
+    names: tuple[str, str],
+    title: str,
+    span: tuple[float, float],
+    fixed: bool = False,
+) -> go.Figure:
+    """One point per head, y against x, with the diagonal y = x over `span`."""
+    axis = {"range": list(span)} if fixed else {}
+    fig = go.Figure(
+        [
+            go.Scatter(
+                x=x,
+                y=y,
+                mode="markers",
+                marker=marker,
+                text=_head_labels(table),
+                hovertemplate=f"%{{text}}<br>{names[0]} = %{{x:.3f}}<br>{names[1]} = %{{y:.3f}}"
+                "<extra></extra>",
+            ),
+            go.Scatter(
+                x=list(span),
+                y=list(span),
+                mode="lines",
+                line={"dash": "dot", "color": "#999"},
+                hoverinfo="skip",
+            ),
+        ]
+    )
+    fig.update_layout(
+        template=TEMPLATE,
+        title={"text": title},
+        xaxis={"title": {"text": names[0]}, **axis},
+        yaxis={"title": {"text": names[1]}, **axis},
+        showlegend=False,
+        height=380,
+        margin={"l": 60, "r": 20, "t": 50, "b": 50},
+    )
+    return fig
+
+
+def random_init_scatter(table: pd.DataFrame) -> go.Figure:
+    """Every head's trained r against the same head's random-init r: what training added."""
+    marker = {"color": np.where(passes_mask(table), NEGATIVE, "#95a5a6"), "size": 6}
+    return _diagonal_scatter(
+        table,
+        _col(table, "random_init_r"),
+        _col(table, "pearson_r"),
+        marker,
+        ("random-init r", "trained r"),
+        "trained r against random-init r, per head (diagonal: no change)",
+        (-1.0, 1.0),
+        fixed=True,
+    )
+
+
+def gain_scatter(table: pd.DataFrame) -> go.Figure:
+    """Observed slope dH/dlog‖q‖ against the causal gain dH/dlog(alpha) per head: on the
+    diagonal, rescaling the query explains the whole relation (temperature share 1)."""
+    x, y = _col(table, "gain_entropy"), _col(table, "slope_obs")
+    ok = np.isfinite(x) & np.isfinite(y)
+    lo = float(np.min(np.r_[x[ok], y[ok], 0.0]))
+    hi = float(np.max(np.r_[x[ok], y[ok], 0.0]))
+    marker = {
+        "color": _col(table, "layer"),
+        "colorscale": "Viridis",
+        "size": 6,
+        "colorbar": {"title": {"text": "layer"}},
+    }
+    return _diagonal_scatter(
+        table,
+        x,
+        y,
+        marker,
+        ("gain dH/dlog(alpha) at alpha = 1 (nats)", "observed dH/dlog‖q‖ (nats)"),
+        "observed slope vs causal gain per head (diagonal: temperature only)",
+        (lo, hi),
+    )
+
+
+def alpha_curves(frame: pd.DataFrame, heads: list[tuple[int, int]], title: str = "") -> go.Figure:
+    """Mean H of the sampled queries against the query scale alpha, one line per head."""
+    fig = go.Figure()
+    for layer, head in heads:
+        g = frame[(frame["layer"] == layer) & (frame["head"] == head)].sort_values("scale")
+        fig.add_trace(
+            go.Scatter(
+                x=g["scale"],
+                y=g["mean_entropy"],
+                mode="lines+markers",
+                name=f"L{layer} H{head}",
+                hovertemplate=f"L{layer} H{head}<br>alpha = %{{x:.3f}}<br>mean H = %{{y:.3f}}"
+                "<extra></extra>",
+            )
+        )
+    fig.update_layout(
+        template=TEMPLATE,
+        title={"text": title or "H with the query scaled by alpha"},
+        xaxis={"title": {"text": "alpha (query scale)"}, "type": "log"},
+        yaxis={"title": {"text": "mean H (nats)"}},
+        height=380,
+        margin={"l": 60, "r": 20, "t": 50, "b": 50},
     )
     return fig
 
@@ -462,5 +714,37 @@ def verdict_figure(table: pd.DataFrame) -> go.Figure:
         height=400,
         margin={"l": 60, "r": 20, "t": 50, "b": 50},
         legend={"orientation": "h", "y": 1.02, "x": 1, "xanchor": "right", "yanchor": "bottom"},
+    )
+    return fig
+
+
+def pattern_heatmap(
+    token_strs: list[str], pattern: Float[np.ndarray, "query key"], title: str = ""
+) -> go.Figure:
+    """One head's attention among a few tokens as a plain heatmap (a static picture; the
+    circuitsvis view is the interactive one)."""
+    tokens = [t.replace("\n", "⏎") for t in token_strs]
+    p = np.asarray(pattern, dtype=np.float64)
+    shown = np.where(np.tril(np.ones_like(p)) > 0, p, np.nan)
+    hover = [
+        [f"{tokens[i]!r} → {tokens[j]!r}" for j in range(len(tokens))] for i in range(len(tokens))
+    ]
+    fig = go.Figure(
+        go.Heatmap(
+            z=shown,
+            colorscale="Blues",
+            zmin=0,
+            text=hover,
+            hovertemplate="%{text}: %{z:.3f}<extra></extra>",
+            colorbar={"title": {"text": "attention"}},
+        )
+    )
+    fig.update_layout(
+        template=TEMPLATE,
+        title={"text": title},
+        xaxis={"title": {"text": "key"}},
+        yaxis={"title": {"text": "query"}, "autorange": "reversed"},
+        height=480,
+        margin={"l": 60, "r": 20, "t": 50, "b": 50},
     )
     return fig

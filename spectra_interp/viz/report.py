@@ -24,6 +24,7 @@ from plotly.offline import get_plotlyjs
 from spectra_interp.results import Results, load_results
 from spectra_interp.results.load import AttentionSample
 from spectra_interp.results.store import write_text
+from spectra_interp.stats.columns import HEAD_COLUMNS
 from spectra_interp.stats.criteria import Criteria
 from spectra_interp.viz import figures
 from spectra_interp.viz.attention import bundle_js
@@ -51,91 +52,150 @@ def _patch(traces: list[dict[str, np.ndarray]], title: str) -> dict:
     return {"title": title, "traces": [{k: _typed(v) for k, v in t.items()} for t in traces]}
 
 
+MODELS = {"trained": "trained", "random_init": "random init"}
+# Panel resolution: 32 x 32 density bins and 32 position bins keep 2 models x 1000 heads small.
+DENSITY_BINS = 32
+POSITION_BINS = 32
+
+
 def head_panels(
-    results: Results, bins: int = 40, n_pos_bins: int = 32
-) -> tuple[dict[str, dict], dict[str, go.Figure]]:
-    """Per head, the density and position summaries as patches; and figures to patch into."""
+    results: Results, bins: int = DENSITY_BINS, n_pos_bins: int = POSITION_BINS
+) -> tuple[dict[str, dict[str, dict]], dict[str, go.Figure]]:
+    """Per model and head, the density and position summaries as patches; and figures to patch
+    into. Titles say how many sampled tokens the panel shows of how many the head has."""
     sample = results.token_sample
     if sample is None or sample.empty:
         return {}, {}
-    if "model" in sample:
-        sample = sample[sample["model"] == "trained"]
-    skip_first = flat_config(results.config).get("skip_first", 0)
-    skip_first = int(skip_first) if isinstance(skip_first, int | float) else 0
-    titles = {
-        (int(r["layer"]), int(r["head"])): figures.head_title(r)
-        for r in results.head_stats.to_dict("records")
-    }
-    panels: dict[str, dict] = {}
+    rows = {(int(r["layer"]), int(r["head"])): r for r in results.head_stats.to_dict("records")}
+    panels: dict[str, dict[str, dict]] = {}
     templates: dict[str, go.Figure] = {}
-    for (layer, head), g in sample.groupby(["layer", "head"], sort=True):
-        key = f"{int(layer)},{int(head)}"
-        title = titles.get((int(layer), int(head)), f"L{layer} H{head}")
-        kept = g[g["pos"] >= skip_first]
-        density = figures.density_summary(
-            kept["qnorm"].to_numpy(), kept["entropy"].to_numpy(), bins
-        )
-        n_keys = g["n_keys"].to_numpy() if "n_keys" in g else None
-        profile = figures.position_profile(
-            g["pos"].to_numpy(), g["qnorm"].to_numpy(), g["entropy"].to_numpy(), n_keys, n_pos_bins
-        )
-        panels[key] = {
-            "density": _patch(figures.density_traces(density), f"‖q‖ vs H · {title}"),
-            "position": _patch(
-                figures.position_traces(profile), f"‖q‖ and H by position · L{layer} H{head}"
-            ),
-        }
-        if not templates:
-            templates["density"] = figures.density_figure(density)
-            templates["position"] = figures.position_figure(profile)
+    by_model = sample.groupby("model") if "model" in sample else [("trained", sample)]
+    for model, frame in by_model:
+        if model not in MODELS:
+            continue
+        panels[model] = {}
+        for (layer, head), g in frame.groupby(["layer", "head"], sort=True):
+            key = f"{int(layer)},{int(head)}"
+            row = rows.get((int(layer), int(head)), {"layer": layer, "head": head})
+            density = figures.density_summary(g["qnorm"].to_numpy(), g["entropy"].to_numpy(), bins)
+            n_keys = g["n_keys"].to_numpy() if "n_keys" in g else None
+            profile = figures.position_profile(
+                g["pos"].to_numpy(), g["qnorm"].to_numpy(), g["entropy"].to_numpy(), n_keys,
+                n_pos_bins,
+            )  # fmt: skip
+            title = figures.head_title(row, str(model), sampled=density.n)
+            panels[model][key] = {
+                "density": _patch(figures.density_traces(density), f"‖q‖ vs H · {title}"),
+                "position": _patch(
+                    figures.position_traces(profile),
+                    f"‖q‖ and H by position · L{layer} H{head} · {MODELS[str(model)]}",
+                ),
+            }
+            if not templates:
+                templates["density"] = figures.density_figure(density)
+                templates["position"] = figures.position_figure(profile)
     return panels, templates
 
 
+def _b64(array: np.ndarray) -> str:
+    return base64.b64encode(np.ascontiguousarray(array).tobytes()).decode("ascii")
+
+
+PATTERN_LEVELS = 255  # attention weights as uint8 steps of 1/255: plenty for a picture
+
+
 def attention_payload(att: AttentionSample | None) -> dict | None:
-    """The excerpt's patterns quantised to uint16 (plenty for a picture) plus ‖q‖ and H."""
+    """The slices' patterns quantised to uint8 plus ‖q‖ and H."""
     if att is None:
         return None
-    n_layers, n_heads, t, _ = att.pattern.shape
-    quantised = np.round(np.clip(att.pattern, 0, 1) * 65535).astype("<u2")
+    n_slices, n_layers, n_heads, t, _ = att.pattern.shape
+    quantised = np.round(np.clip(att.pattern, 0, 1) * PATTERN_LEVELS).astype("u1")
     return {
-        "tokens": att.token_strs,
         "layers": n_layers,
         "heads": n_heads,
         "T": t,
-        "pattern": base64.b64encode(quantised.tobytes()).decode("ascii"),
-        "qnorm": base64.b64encode(att.qnorm.astype("<f4").tobytes()).decode("ascii"),
-        "entropy": base64.b64encode(att.entropy.astype("<f4").tobytes()).decode("ascii"),
+        "levels": PATTERN_LEVELS,
+        "slices": [
+            {
+                "label": f"window {int(att.window_ids[i])}, tokens {int(att.starts[i])}"
+                f"–{int(att.starts[i]) + t - 1}",
+                "tokens": att.token_strs[i],
+                "pattern": _b64(quantised[i]),
+                "qnorm": _b64(att.qnorm[i].astype("<f4")),
+                "entropy": _b64(att.entropy[i].astype("<f4")),
+            }
+            for i in range(n_slices)
+        ],
     }
+
+
+def alpha_payload(frame: pd.DataFrame | None) -> dict | None:
+    """Per head, mean H at each query scale (alpha_response.csv)."""
+    if frame is None or frame.empty:
+        return None
+    scales = sorted(frame["scale"].unique().tolist())
+    curves = {
+        f"{int(layer)},{int(head)}": g.sort_values("scale")["mean_entropy"].round(5).tolist()
+        for (layer, head), g in frame.groupby(["layer", "head"])
+    }
+    return {"scales": scales, "curves": curves}
+
+
+def metrics_payload(table: pd.DataFrame) -> dict[str, dict]:
+    """The heatmap's metric switch: every metric the table can colour the map with."""
+    out = {}
+    for name, metric in figures.HEATMAP_METRICS.items():
+        values = figures.metric_values(table, name)
+        if np.isfinite(values).any():
+            z = figures.grid(table, values)
+            out[name] = {
+                "label": metric.label,
+                "z": np.where(np.isfinite(z), z, None).tolist(),
+                "zmin": metric.zmin,
+                "zmax": metric.zmax,
+                "colorscale": metric.colorscale,
+            }
+    return out
+
+
+def rows_payload(table: pd.DataFrame) -> dict[str, dict[str, str]]:
+    """Every head's statistics written as the page shows them (`figures.format_number`)."""
+    return {
+        f"{int(row['layer'])},{int(row['head'])}": {
+            k: figures.format_number(v) for k, v in row.items()
+        }
+        for row in table.to_dict("records")
+    }
+
+
+def phase2_links(results: Results) -> list[dict[str, str]]:
+    """Phase 2 reports of the same model beside this folder (results/adaptive-<model>-ctx*)."""
+    model = str(flat_config(results.config).get("model", ""))
+    if not model:
+        return []
+    name = Path(model.replace("/", "_").replace(":", "-")).name
+    found = sorted(results.path.parent.glob(f"adaptive-{name}-ctx*/report.html"))
+    return [{"name": p.parent.name, "href": f"../{p.parent.name}/report.html"} for p in found]
+
+
+def initial_heads(table: pd.DataFrame, n: int = 5) -> list[tuple[int, int]]:
+    """The heads shown first: passing heads by most negative r, then the rest by r."""
+    if "pearson_r" not in table or table["pearson_r"].isna().all():
+        return [(int(table["layer"].iloc[0]), int(table["head"].iloc[0]))]
+    order = table.assign(_pass=~figures.passes_mask(table)).sort_values(["_pass", "pearson_r"])
+    return [(int(r["layer"]), int(r["head"])) for _, r in order.head(n).iterrows()]
 
 
 def initial_head(table: pd.DataFrame) -> tuple[int, int]:
     """The head shown first: the passing head with the most negative r, else the most negative."""
-    if "pearson_r" not in table or table["pearson_r"].isna().all():
-        return int(table["layer"].iloc[0]), int(table["head"].iloc[0])
-    passing = table[figures.passes_mask(table)]
-    pool = passing if not passing.empty else table
-    row = pool.loc[pool["pearson_r"].idxmin()]
-    return int(row["layer"]), int(row["head"])
-
-
-def _records(table: pd.DataFrame) -> list[dict]:
-    clean = table.replace({np.nan: None})
-    return json.loads(clean.to_json(orient="records"))
+    return initial_heads(table, 1)[0]
 
 
 # --- HTML pieces ---------------------------------------------------------------------------
 
 
 def _fmt(value: object) -> str:
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, float):
-        if not np.isfinite(value):
-            return "—"
-        return f"{value:.4g}"
-    if isinstance(value, int):
-        return f"{value:,}"
-    return str(value)
+    return figures.format_number(value) if not isinstance(value, str) else value
 
 
 def _badge(met: bool) -> str:
@@ -370,7 +430,7 @@ def json_for_script(value: object) -> str:
 
 
 @cache
-def _environment() -> jinja2.Environment:
+def template_environment() -> jinja2.Environment:
     return jinja2.Environment(
         loader=jinja2.PackageLoader("spectra_interp.viz", "templates"),
         autoescape=True,
@@ -378,8 +438,8 @@ def _environment() -> jinja2.Environment:
     )
 
 
-def _asset(name: str) -> Markup:
-    return Markup(_environment().loader.get_source(_environment(), name)[0])
+def asset(name: str) -> Markup:
+    return Markup(template_environment().loader.get_source(template_environment(), name)[0])
 
 
 def report_html(results: Results) -> str:
@@ -387,25 +447,42 @@ def report_html(results: Results) -> str:
     table = results.head_stats
     criteria = results.criteria
     panels, templates = head_panels(results)
+    strongest = initial_heads(table)
+    alpha = results.alpha_response
     data = {
         "layers": [int(v) for v in np.sort(table["layer"].unique())],
         "heads": [int(v) for v in np.sort(table["head"].unique())],
-        "table": _records(table),
+        "rows": rows_payload(table),
+        "glossary": HEAD_COLUMNS,
+        "metrics": metrics_payload(table),
         "panels": panels,
+        "models": {k: v for k, v in MODELS.items() if k in panels},
         "templates": {k: _fig_json(v) for k, v in templates.items()},
         "figures": {
             "heatmap": _fig_json(figures.head_heatmap(table)),
             "verdict": _fig_json(figures.verdict_figure(table)),
             "distribution": _fig_json(figures.r_distribution(table, criteria)),
+            "uncertainty": _fig_json(figures.uncertainty_figure(table, criteria)),
+            "robustness": _fig_json(figures.robustness_figure(table, criteria)),
+            "random_init": _fig_json(figures.random_init_scatter(table)),
+            "gain": _fig_json(figures.gain_scatter(table)),
+            "alpha": None
+            if alpha is None
+            else _fig_json(
+                figures.alpha_curves(
+                    alpha, strongest, "H with the query scaled by alpha: the strongest heads"
+                )  # fmt: skip
+            ),
         },
+        "alpha": alpha_payload(alpha),
         "attention": attention_payload(results.attention),
-        "initial": list(initial_head(table)),
+        "initial": list(strongest[0]),
     }
     summary = results.summary
     criteria_block = summary.get("criteria")
     hypothesis = summary.get("hypothesis")
     return (
-        _environment()
+        template_environment()
         .get_template("report.html.j2")
         .render(
             model=str(flat_config(results.config).get("model", "")),
@@ -415,11 +492,14 @@ def report_html(results: Results) -> str:
             cards=cards(table, criteria),
             criteria=None if criteria_block is None else Markup(criteria_html(criteria_block)),
             controls=Markup(controls_html(table, summary, criteria)),
+            beyond=summary.get("beyond_r"),
             top_heads=top_heads(table),
+            glossary=HEAD_COLUMNS,
+            phase2=phase2_links(results),
             summary_html=Markup(render_value(summary)),
             config_html=Markup(render_value(results.config)),
-            css=_asset("report.css"),
-            app_js=_asset("report.js"),
+            css=asset("report.css"),
+            app_js=asset("report.js"),
             plotly_js=Markup(get_plotlyjs()),
             circuitsvis_js=Markup(bundle_js()),
             data=Markup(json_for_script(data)),

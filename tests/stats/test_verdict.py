@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from spectra_interp.stats.criteria import Criteria
-from spectra_interp.stats.verdict import verdict, verdict_text
+from spectra_interp.stats.verdict import interpretation, verdict, verdict_text
 
 
 def make_table(rs, qs, layers, perm=0.0, random_r=np.nan):
@@ -64,3 +64,31 @@ def test_verdict_counts_and_criteria():
 
     few = make_table([-0.9] + [0.0] * 19, [0.001] + [0.5] * 19, [0] * 20)
     assert not verdict(few)["criteria"]["effect_size"]["met"]  # 1 of 20 heads is 5% < 10%
+
+
+def test_beyond_r_and_the_interpretation_say_what_the_numbers_say():
+    rs = [-0.8, -0.6, -0.7, -0.2]
+    table = make_table(rs, [0.001] * 4, [0, 0, 1, 1])
+    table = table.assign(
+        delta_r2=[-0.2, -0.1, 0.0, 0.01],
+        delta_r2_ci_low=[-0.3, -0.15, -0.01, 0.005],
+        delta_r2_ci_high=[-0.1, -0.05, 0.01, 0.02],
+        temperature_share=[1.0, 0.8, 0.5, np.nan],
+        auroc_low_entropy=[0.9, 0.7, 0.6, 0.5],
+    )
+    s = verdict(table)
+    beyond = s["beyond_r"]
+    assert beyond["delta_r2"]["heads_ci_excludes_0"] == 3
+    assert (
+        beyond["delta_r2"]["heads_ci_below_0"] == 2 and beyond["delta_r2"]["heads_ci_above_0"] == 1
+    )
+    assert beyond["temperature_share"]["median"] == pytest.approx(0.8)
+    assert [(h["layer"], h["head"]) for h in beyond["best_auroc_heads"]][:2] == [(0, 0), (0, 1)]
+    assert "in 3 of 4 heads (75%; 2 with larger ‖q‖ going with lower H)" in beyond["finding"]
+    lines = interpretation(s)
+    assert lines[0].startswith("Success criteria of the original plan: all met")
+    assert lines[1] == f"Beyond position: {beyond['finding']}"
+    assert "median temperature share is 0.80" in lines[2]
+    assert "Beyond r:" in verdict_text(s)
+    few = table.assign(delta_r2_ci_low=-0.1, delta_r2_ci_high=0.1)
+    assert verdict(few)["beyond_r"]["finding"].startswith("‖q‖ adds little beyond position")

@@ -110,8 +110,10 @@ def test_heatmap_places_each_head_and_outlines_passing_ones(table):
     assert z[1, 0] == pytest.approx(0.6)
     assert heat.zmid == 0
     assert sorted(zip(outline.x, outline.y, strict=True)) == [(0, 1), (1, 2)]
-    assert "customdata[1]" in heat.hovertemplate and "customdata[3]" in heat.hovertemplate
-    assert heat.customdata[2][1][4] == 1002
+    assert "%{text}" in heat.hovertemplate
+    hover = heat.text[2][1]
+    assert hover.startswith("L1 H2") and "pearson_r = -0.7" in hover
+    assert "q_fdr = 0.5" in hover and "n_tokens = 1,002" in hover and "passes" in hover
 
 
 def test_distribution_has_trained_and_both_controls_and_drops_missing(table):
@@ -142,3 +144,55 @@ def test_head_title_names_the_numbers(table):
     assert title.startswith("L1 H2")
     assert "r = -0.700 [-0.550, -0.450]" in title and "n = 1,002" in title
     assert figures.head_title({"layer": 0, "head": 1}) == "L0 H1"
+
+
+def test_format_number_writes_tiny_and_underflowed_values_legibly():
+    assert figures.format_number(3.2e-7) == "3.20e-07"
+    assert figures.format_number(0.0) == "< 1e-300"
+    assert figures.format_number(np.float64(0.01234567)) == "0.01235"
+    assert figures.format_number(np.int64(24560)) == "24,560"
+    assert figures.format_number(float("nan")) == "—" and figures.format_number(None) == "—"
+    assert figures.format_number(True) == "yes" and figures.format_number("document") == "document"
+
+
+def test_every_heatmap_metric_colours_the_map(table):
+    table = table.assign(
+        partial_r_position=-0.2, pearson_r_norm_entropy=-0.1, delta_r2=-0.05,
+        temperature_share=1.1, r_log_keff=0.3,
+    )  # fmt: skip
+    for name in figures.HEATMAP_METRICS:
+        z = np.asarray(figures.head_heatmap(table, name).data[0].z)
+        assert np.isfinite(z).all(), name
+    diff = figures.metric_values(table, "trained_minus_random")
+    np.testing.assert_allclose(diff, table["pearson_r"] - table["random_init_r"])
+
+
+def test_uncertainty_and_robustness_figures(table):
+    from spectra_interp.stats.criteria import Criteria
+
+    table = table.assign(q_fdr=[0.001, 0.002, 0.5, 0.001, 0.001, 0.001])
+    fig = figures.uncertainty_figure(table)
+    points = np.concatenate([np.asarray(t.y) for t in fig.data])
+    assert sorted(points.tolist()) == sorted(table["pearson_r"].tolist())
+    robust = figures.robustness_figure(table, Criteria(r_threshold=0.5, fdr=0.01))
+    x, y = np.asarray(robust.data[0].x), np.asarray(robust.data[0].y)
+    assert x[0] == pytest.approx(0.3) and x[-1] == pytest.approx(0.7)
+    r, q = table["pearson_r"].abs(), table["q_fdr"]
+    for cut, count in zip(x, y, strict=True):
+        assert count == int(((r >= cut) & (q < 0.01)).sum())
+
+
+def test_scatters_curves_and_pattern(table):
+    table = table.assign(gain_entropy=-0.5, slope_obs=-0.4)
+    scatter = figures.random_init_scatter(table)
+    assert np.asarray(scatter.data[0].y).tolist() == table["pearson_r"].tolist()
+    gain = figures.gain_scatter(table)
+    assert np.asarray(gain.data[0].x).tolist() == [-0.5] * 6
+    frame = pd.DataFrame(
+        {"layer": 0, "head": 1, "scale": [0.5, 1.0, 2.0], "mean_entropy": [3.0, 2.0, 1.0]}
+    )
+    curves = figures.alpha_curves(frame, [(0, 1)])
+    assert np.asarray(curves.data[0].y).tolist() == [3.0, 2.0, 1.0]
+    heat = figures.pattern_heatmap(["a", "b\n"], np.array([[1.0, 0.0], [0.25, 0.75]]))
+    assert np.isnan(np.asarray(heat.data[0].z, dtype=float)[0, 1])
+    assert heat.data[0].text[1][1] == "'b⏎' → 'b⏎'"

@@ -52,8 +52,9 @@ def test_load_results_reads_every_part(small):
     assert res.config["config"]["model"] == "fake-model"
     assert isinstance(res.summary["criteria"]["significance"]["met"], bool)
     assert set(res.token_sample["model"]) == {"trained", "random_init"}
-    assert res.attention.pattern.shape == (4, 3, 16, 16)
-    assert res.attention.token_strs[1] == "The"
+    assert res.attention.pattern.shape == (2, 4, 3, 16, 16)
+    assert res.attention.token_strs[0][1] == "The" and list(res.attention.starts) == [8, 8]
+    assert list(res.alpha_response.columns) == ["layer", "head", "scale", "mean_entropy"]
     assert len(res.sample(2, 1)) == 8 * 32
     assert res.head(2, 1)["layer"] == 2
     with pytest.raises(SpectraError, match="no head L9 H0"):
@@ -74,15 +75,22 @@ def test_load_results_says_what_is_missing(tmp_path):
 def test_head_panels_are_the_figure_functions_own_numbers(small):
     res = report.load_results(small)
     panels, templates = report.head_panels(res)
-    assert len(panels) == 12 and set(templates) == {"density", "position"}
-    g = res.sample(1, 2)
-    g = g[g["pos"] >= report.flat_config(res.config)["skip_first"]]
-    want = figures.density_summary(g["qnorm"].to_numpy(), g["entropy"].to_numpy())
-    spec = panels["1,2"]["density"]["traces"][0]["customdata"]
-    got = np.frombuffer(base64.b64decode(spec["bdata"]), dtype=np.uint16).reshape(40, 40)
-    assert spec["shape"] == "40,40"
-    assert (got == want.counts).all()
-    assert "L1 H2" in panels["1,2"]["density"]["title"]
+    assert set(panels) == {"trained", "random_init"} and set(templates) == {"density", "position"}
+    assert len(panels["trained"]) == len(panels["random_init"]) == 12
+    for model in panels:
+        g = res.sample(1, 2, model)
+        want = figures.density_summary(
+            g["qnorm"].to_numpy(), g["entropy"].to_numpy(), report.DENSITY_BINS
+        )
+        spec = panels[model]["1,2"]["density"]["traces"][0]["customdata"]
+        bins = report.DENSITY_BINS
+        got = np.frombuffer(base64.b64decode(spec["bdata"]), dtype=np.uint16).reshape(bins, bins)
+        assert spec["shape"] == f"{bins},{bins}" and (got == want.counts).all()
+    title = panels["trained"]["1,2"]["density"]["title"]
+    n_tokens = int(res.head(1, 2)["n_tokens"])
+    assert "L1 H2" in title and f"{len(res.sample(1, 2)):,} sampled of {n_tokens:,} tokens" in title
+    random_title = panels["random_init"]["1,2"]["density"]["title"]
+    assert f"random init · r = {res.head(1, 2)['random_init_r']:+.3f}" in random_title
 
 
 def test_report_is_one_file_with_everything_inline(small):
@@ -96,8 +104,11 @@ def test_report_is_one_file_with_everything_inline(small):
     assert page.count("var CircuitsVis") == 1
     assert "Plotly" in page and "sourceMappingURL=iife" not in page
     data = _page_data(page)
-    assert len(data["table"]) == 12 and len(data["panels"]) == 12
-    assert data["attention"]["T"] == 16
+    assert len(data["rows"]) == 12 and len(data["panels"]["trained"]) == 12
+    assert data["attention"]["T"] == 16 and len(data["attention"]["slices"]) == 2
+    assert set(data["metrics"]) == set(figures.HEATMAP_METRICS)
+    assert data["glossary"]["q_fdr"].startswith("Benjamini-Hochberg")
+    assert len(data["alpha"]["curves"]) == 12
     n_pass = int(figures.passes_mask(report.load_results(small).head_stats).sum())
     assert f"{n_pass} of 12 heads pass" in page
     met = report.load_results(small).summary["all_criteria_met"]
@@ -156,7 +167,7 @@ def test_report_for_the_default_run_stays_under_25_mb(smollm2_sized):
     size = (smollm2_sized / "report.html").stat().st_size
     assert size < MAX_BYTES, f"report.html is {size / 1e6:.1f} MB"
     data = _page_data((smollm2_sized / "report.html").read_text(encoding="utf-8"))
-    assert len(data["panels"]) == 270
+    assert len(data["panels"]["trained"]) == len(data["panels"]["random_init"]) == 270
 
 
 def _cell_position(page, layer: int, head: int) -> tuple[float, float]:
@@ -180,6 +191,9 @@ def test_report_in_headless_chromium(smollm2_sized):
     path = smollm2_sized / "report.html"
     url = path.resolve().as_uri()
     ARTIFACTS.mkdir(exist_ok=True)
+    table = report.load_results(smollm2_sized).head_stats
+    tiny = table.loc[table["q_fdr"].idxmin()].to_dict()
+    assert 0 < tiny["q_fdr"] < 1e-3, "the fixture has a head with a tiny q-value"
     errors, requests = [], []
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
@@ -210,6 +224,52 @@ def test_report_in_headless_chromium(smollm2_sized):
             assert f"layer {target[0]}, head {target[1]}" in note
             assert page.locator("#pattern-view canvas, #pattern-view svg").count() > 0
             assert page.locator("#token-view").inner_text().strip() != ""
+            # another slice of attention redraws the views with its tokens
+            page.select_option("#slice-select", "1")
+            page.wait_for_function(
+                "() => document.getElementById('attention-note').textContent.startsWith('window 1')"
+            )
+            # the random-init toggle swaps the head's panels for the control's
+            page.check("#model-random_init")
+            page.wait_for_function(
+                "() => (document.querySelector('#density-fig .gtitle') || {}).textContent"
+                "?.includes('random init')"
+            )
+            # a fragment changed after load selects that head
+            page.evaluate("location.hash = '#L3H2'")
+            page.wait_for_function(
+                "() => document.getElementById('head-label').textContent === 'L3 H2'"
+            )
+            # an unknown head says so and keeps the one shown
+            page.evaluate("location.hash = '#L99H0'")
+            message = page.locator("#head-message")
+            message.wait_for(state="visible")
+            assert "There is no head L99 H0 in this run (layers 0–29, heads 0–8)" in (
+                message.inner_text()
+            )
+            assert label.inner_text() == "L3 H2"
+            # the metric switch redraws the heatmap with the chosen metric
+            before = page.evaluate("document.getElementById('heatmap')._fullData[0].z[0][0]")
+            page.select_option("#metric-select", "random_init_r")
+            page.wait_for_function(
+                "() => document.querySelector('#heatmap .cbtitle')?.textContent"
+                "?.includes('random-init r')"
+            )
+            after = page.evaluate("document.getElementById('heatmap')._fullData[0].z[0][0]")
+            assert after != before
+            want_z = tiny["random_init_r"]
+            cell = f"[{int(tiny['head'])}][{int(tiny['layer'])}]"
+            got_z = page.evaluate(f"document.getElementById('heatmap')._fullData[0].z{cell}")
+            assert got_z == pytest.approx(want_z, abs=1e-9)
+            # a tiny q-value's hover text is in scientific notation
+            x, y = _cell_position(page, tiny["layer"], tiny["head"])
+            page.mouse.move(x, y)
+            page.wait_for_function(
+                "() => document.querySelector('#heatmap .hoverlayer')?.textContent"
+                "?.includes('q_fdr')"
+            )
+            hover = page.evaluate("document.querySelector('#heatmap .hoverlayer').textContent")
+            assert re.search(r"q_fdr = \d\.\d\de-\d\d", hover), hover
             page.wait_for_timeout(500)
             page.screenshot(path=str(ARTIFACTS / "report.png"), full_page=True)
         finally:

@@ -1,0 +1,367 @@
+"""The Phase 2 run: split -> dense passes -> plan -> masked passes (resumable shards) -> verdict.
+
+Stages, each a set of per-window shards computed in fixed blocks of `batch_size` windows (so a
+resumed, shared or distributed run computes every window in the same batch as an uninterrupted
+one), claimed block by block and dealt to torchrun ranks as the sweep deals them:
+
+1. `calibration`: a dense pass of each calibration window (`passes`);
+2. `evaluation`: a dense pass of each evaluation window;
+3. the plan (rank 0, once, `plan.npz`): the rules and each arm's scale per budget (`plan`);
+4. `masked`: every arm and budget on each evaluation window.
+
+Rank 0 then merges the masked shards into the curves, the per-head table and the verdict
+(`curves`) and builds the report.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from spectra_interp import models
+from spectra_interp.budget import arms, mask
+from spectra_interp.budget.curves import (
+    Masked,
+    budget_report,
+    combos,
+    compare,
+    curve_table,
+    per_head_table,
+    verdict_text,
+)
+from spectra_interp.budget.data import document_names, prepare_splits
+from spectra_interp.budget.passes import calibration_block, evaluation_block, masked_block
+from spectra_interp.budget.plan import Geometry, make_plan, reference_budget
+from spectra_interp.budget.rules import Rules
+from spectra_interp.config import BudgetConfig
+from spectra_interp.corpus import Windows
+from spectra_interp.distributed import Dist, run_distributed
+from spectra_interp.errors import SpectraError
+from spectra_interp.models.architecture import layer_windows
+from spectra_interp.results import store
+from spectra_interp.results.layout import BUDGET_SCHEMA_VERSION, BudgetLayout
+from spectra_interp.stats.clusters import DOCUMENT, Clusters
+from spectra_interp.sweep import (
+    Block,
+    Log,
+    check_context,
+    environment,
+    rank_blocks,
+    release_memory,
+    run_blocks,
+)
+
+CAL, EVAL, MASKED = BudgetLayout.CALIBRATION, BudgetLayout.EVALUATION, BudgetLayout.MASKED
+QUESTION = (
+    "Can ‖q‖ set each query's key budget better than its head and position can, at matched mean "
+    "budgets (next-token KL against the dense model)?"
+)
+
+
+def estimate_bytes(config: BudgetConfig, n_layers: int, n_heads: int) -> int:
+    """Disk the run will write: the shards of the three stages and a margin."""
+    queries = n_layers * n_heads * config.ctx
+    n_cal, n_eval = config.calibration_windows or 64, config.max_windows or 64
+    n_combos = len(combos(config.budgets))
+    masked = n_combos * (config.ctx * 9 + n_layers * n_heads * 8)
+    evaluation = queries * 4 + n_layers * n_heads * len(arms.ORACLE_GRID) * 8
+    return int(n_cal * queries * 8 + n_eval * (evaluation + masked) + 64 * 2**20)
+
+
+# --- the run ---------------------------------------------------------------------------------
+
+
+def run_budget(config: BudgetConfig, *, log: Log = print) -> Path:
+    """Run (or resume, or join) the Phase 2 experiment of `config`; returns the results folder."""
+    return run_distributed(config, lambda dist: _run(config, dist, log))
+
+
+Compute = Callable[[torch.Tensor, list[int]], list[dict[str, np.ndarray]]]
+
+
+def _stage(
+    stage: str,
+    windows: Windows,
+    config: BudgetConfig,
+    layout: BudgetLayout,
+    dist: Dist,
+    log: Log,
+    compute: Compute,
+    device: torch.device,
+) -> dict[str, float]:
+    """One stage over this rank's blocks (claimed, resumable; see `sweep.run_blocks`):
+    `compute(tokens, window_ids)` gives each window's shard."""
+    window_ids = windows.meta["window_id"].to_numpy()
+
+    def block_shards(block: Block) -> int:
+        ids = [int(window_ids[row]) for row in block.rows]
+        tokens = torch.from_numpy(windows.tokens[block.rows]).to(device)
+        for wid, record in zip(ids, compute(tokens, ids), strict=True):
+            store.write_shard(layout, stage, wid, **record)
+        return int(windows.tokens[block.rows].size)
+
+    return run_blocks(
+        stage, window_ids, config.batch_size, layout, dist, block_shards, config.progress, log
+    )
+
+
+def _run(config: BudgetConfig, dist: Dist, log: Log) -> Path:
+    layout = BudgetLayout(config.out_dir)
+    device = models.pick_device(dist.device_for(config.device))
+    dtype = models.pick_dtype(config.dtype, device)
+    hf_config = models.load_config(config.model)
+    check_context(config, hf_config)
+    geometry = Geometry(layer_windows(hf_config, hf_config.num_hidden_layers), config)
+    arms.check_budgets(config.budgets, geometry.floor, config.sink, config.recent)
+    if dist.rank == 0:
+        heads = hf_config.num_attention_heads
+        store.check_writable(
+            layout.root, estimate_bytes(config, hf_config.num_hidden_layers, heads)
+        )
+        if store.prepare_folder(layout, config.identity(), config.overwrite):
+            log(f"Resuming {layout.root}: {len(layout.done_windows(MASKED))} windows already done.")
+        else:
+            store.write_json(layout.config, _config_record(config, dist))
+    dist.barrier()
+    tokenizer = models.load_tokenizer(config.model)
+    splits = prepare_splits(config, layout, tokenizer, write=dist.rank == 0)
+    dist.barrier()
+    model = models.load_model(
+        config.model, device=str(device), dtype=dtype, seed=config.seed,
+        device_map=config.device_map,
+    )  # fmt: skip
+    if dist.rank == 0:
+        store.write_json(layout.config, _config_record(config, dist, device, dtype, splits, model))
+    start = time.perf_counter()
+    where = torch.device(model.cfg.device)  # the input's device (the first, with --device-map)
+    plan, timings = _stages(model, config, layout, dist, splits, geometry, where, log)
+    timings["total_seconds"] = round(time.perf_counter() - start, 1)
+    del model
+    release_memory(device)
+    dist.barrier()
+    _share_stage(dist, layout, splits, config, (MASKED,))
+    if dist.rank == 0:
+        finalize(layout, config, splits, plan, timings, log)
+    return layout.root
+
+
+def _stages(
+    model: Any,
+    config: BudgetConfig,
+    layout: BudgetLayout,
+    dist: Dist,
+    splits: dict[str, Windows],
+    geometry: Geometry,
+    device: torch.device,
+    log: Log,
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """The dense stages, the plan, the masked stage: returns the plan and the timings."""
+
+    def calibration(tokens: torch.Tensor, ids: list[int]) -> list[dict]:
+        return calibration_block(model, tokens, config)
+
+    def evaluation(tokens: torch.Tensor, ids: list[int]) -> list[dict]:
+        return evaluation_block(model, tokens, config)
+
+    def masked(tokens: torch.Tensor, ids: list[int]) -> list[dict]:
+        return masked_block(model, tokens, ids, plan, layout, geometry, config)
+
+    timings = {
+        CAL: _stage(CAL, splits[CAL], config, layout, dist, log, calibration, device),
+        EVAL: _stage(EVAL, splits[EVAL], config, layout, dist, log, evaluation, device),
+    }
+    dist.barrier()
+    _share_stage(dist, layout, splits, config, (CAL, EVAL))
+    if dist.rank == 0 and not layout.plan.exists():
+        store.write_npz(layout.plan, **make_plan(config, layout, splits, geometry, device))
+    dist.barrier()
+    _share_files(dist, layout, [layout.PLAN])
+    with np.load(layout.plan) as z:
+        plan = {k: z[k] for k in z.files}
+    timings[MASKED] = _stage(MASKED, splits[EVAL], config, layout, dist, log, masked, device)
+    return plan, timings
+
+
+def _share_stage(
+    dist: Dist,
+    layout: BudgetLayout,
+    splits: dict[str, Windows],
+    config: BudgetConfig,
+    stages: tuple,
+) -> None:
+    """Ranks on other machines send their shards of `stages` to rank 0."""
+    if dist.on_one_host():
+        return
+    mine = []
+    for stage in stages:
+        windows = splits[CAL if stage == CAL else EVAL]
+        ids = windows.meta["window_id"].to_numpy()
+        for block in rank_blocks(len(ids), config.batch_size, dist):
+            mine += [layout.relative_shard(stage, int(ids[row])) for row in block.rows]
+    dist.collect_files(layout.root, mine)
+
+
+def _share_files(dist: Dist, layout: BudgetLayout, names: list[str]) -> None:
+    """Rank 0's copies of `names` to every rank on another machine."""
+    if dist.on_one_host():
+        return
+    import torch.distributed as torch_dist
+
+    payload = [{n: layout.path(n).read_bytes() for n in names} if dist.rank == 0 else None]
+    torch_dist.broadcast_object_list(payload, src=0)
+    if dist.rank != 0:
+        for name, data in payload[0].items():
+            store.write_bytes_atomic(layout.path(name), data)
+
+
+def _config_record(
+    config: BudgetConfig,
+    dist: Dist,
+    device: torch.device | None = None,
+    dtype: torch.dtype | None = None,
+    splits: dict[str, Windows] | None = None,
+    model: Any = None,
+) -> dict[str, Any]:
+    """config.json: the identity first (what a resume checks), then what is known so far."""
+    record: dict[str, Any] = {
+        "schema_version": BUDGET_SCHEMA_VERSION,
+        "phase": 2,
+        "identity": config.identity(),
+        "config": config.to_dict(),
+        "world_size": dist.world_size,
+    }
+    if device is not None and dtype is not None:
+        record["environment"] = environment(device, dtype)
+    if splits is not None:
+        record["n_windows"] = {s: len(w) for s, w in splits.items()}
+        record["documents"] = {
+            s: sorted(document_names(w.meta).unique().tolist()) for s, w in splits.items()
+        }
+    if model is not None:
+        record["attention"] = models.spec_of(model).describe()
+        record["kernel"] = (
+            f"{mask.NAME}: fp32 scores, soft cap before selection, exact top-k per query, "
+            f"blocks of {mask.QUERY_BLOCK} queries"
+        )
+    return record
+
+
+# --- the merge -------------------------------------------------------------------------------
+
+
+def load_masked(layout: BudgetLayout, window_ids: np.ndarray, n_queries: int) -> Masked:
+    missing = sorted(set(window_ids.tolist()) - layout.done_windows(MASKED))
+    if missing:
+        raise SpectraError(
+            f"{layout.root}: {len(missing)} evaluation windows have no masked shard (e.g. "
+            f"{missing[0]})."
+        )
+    shards = [store.read_shard(layout, MASKED, int(w)) for w in window_ids]
+    return Masked(
+        **{
+            k: np.stack([s[k] for s in shards])
+            for k in ("kl", "nll", "top1", "kept", "union", "moved")
+        },
+        n_queries=n_queries,
+        n_kv_heads=int(shards[0]["n_kv_heads"]),
+    )
+
+
+def finalize(
+    layout: BudgetLayout,
+    config: BudgetConfig,
+    splits: dict[str, Windows],
+    plan: dict[str, np.ndarray],
+    timings: dict[str, Any],
+    log: Log,
+) -> None:
+    """Merge the masked shards into budget_curves.csv, per_head.csv, summary.json and the report."""
+    meta = splits[EVAL].meta
+    clusters = Clusters(pd.factorize(document_names(meta))[0].astype(np.int64), DOCUMENT)
+    budgets = tuple(float(b) for b in plan["budgets"])
+    masked = load_masked(layout, meta["window_id"].to_numpy(), config.ctx - config.skip_first)
+    curves = curve_table(masked, budgets, clusters, n_boot=config.n_boot, seed=config.seed)
+    comparisons = compare(
+        masked, budgets, clusters, alpha=config.alpha, n_boot=config.n_boot, seed=config.seed
+    )
+    n_documents = clusters.n
+    text = verdict_text(comparisons, n_documents, config.alpha)
+    met = budget_report(curves, plan["planned"], budgets)
+    reference = reference_budget(budgets)
+    total = masked.kept.shape[0] * masked.kept.shape[2] * masked.kept.shape[3] * masked.n_queries
+    planned_ref = float(
+        plan["planned"][arms.ARMS.index(arms.PROPOSAL), list(budgets).index(reference)]
+    )
+    summary = {
+        "question": QUESTION,
+        "verdict": text,
+        f"{arms.PROPOSAL}_beats_{arms.RIVAL}": {
+            f"{c['budget']:g}": c[f"{arms.PROPOSAL}_vs_{arms.RIVAL}"]["beats"] for c in comparisons
+        },
+        "comparisons": comparisons,
+        "budgets_met": met,
+        "fit_mass": {
+            f"{b:g}": float(m) for b, m in zip(budgets, plan["rules_fit_mass"], strict=True)
+        },
+        "oracle_mass": {
+            f"{b:g}": float(m) for b, m in zip(budgets, plan["oracle_mass"], strict=True)
+        },
+        "qnorm_read_in_masked_pass": {
+            "budget": reference,
+            "planned_keys_frac": planned_ref,
+            "keys_frac_if_read_masked": float(masked.moved[:, 1].sum() / total),
+            "mean_abs_change_keys_frac": float(masked.moved[:, 0].sum() / total),
+            "about": "the qnorm arm's budgets are set from ‖q‖ of the dense pass; these are the "
+            "budgets it would get from ‖q‖ of its own masked pass (same rule and scale)",
+        },
+        "run": {
+            "model": config.model,
+            "corpus": config.corpus,
+            "ctx": config.ctx,
+            "evaluated_positions": f"{config.skip_first}..{config.ctx - 2}",
+            "n_windows": {s: len(w) for s, w in splits.items()},
+            "n_documents": {s: int(document_names(w.meta).nunique()) for s, w in splits.items()},
+            "cluster_unit": clusters.unit,
+            "sink": config.sink,
+            "recent": config.recent,
+            "always_kept_floor": float(plan["always_kept_floor"]),
+            "seed": config.seed,
+            "timings": timings,
+        },
+    }
+    store.write_csv(layout.curves, curves)
+    store.write_csv(
+        layout.per_head, per_head_table(masked, budgets, Rules.from_arrays(plan), plan["log_scale"])
+    )
+    store.write_json(layout.summary, _json_ready(summary))
+    log(curves.round(4).to_string(index=False))
+    log(f"Verdict: {text}")
+    if not met["met"]:
+        worst, tolerance = met["worst_abs_error"], met["tolerance"]
+        log(f"Warning: an arm missed its budget by {worst:.3f} (tolerance {tolerance}).")
+    if config.report:
+        from spectra_interp.viz.budget_report import build_budget_report
+
+        log(f"Report: {build_budget_report(layout.root)}")
+    log(f"Results: {layout.root}")
+
+
+def _json_ready(value: Any) -> Any:
+    """NaN and infinity become null (JSON has neither)."""
+    if isinstance(value, dict):
+        return {k: _json_ready(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_ready(v) for v in value]
+    if isinstance(value, float | np.floating):
+        return float(value) if np.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.bool_):
+        return bool(value)
+    return value

@@ -1,0 +1,95 @@
+"""The Phase 2 report: built from the results folder alone, self-contained, and working in
+headless Chromium (a missing browser fails the test)."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from markupsafe import escape
+
+from spectra_interp.budget import arms
+from spectra_interp.errors import SpectraError
+from spectra_interp.viz import budget_report
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
+
+
+def _page_data(page: str) -> dict:
+    match = re.search(
+        r'<script type="application/json" id="spectra-data">(.*?)</script>', page, re.S
+    )
+    assert match, "the page carries its data block"
+    return json.loads(match.group(1))
+
+
+def test_the_report_is_one_file_built_from_the_folder(finished, tmp_path):
+    page = budget_report.build_budget_report(finished, tmp_path / "page.html").read_text("utf-8")
+    markup = re.sub(r"<script([^>]*)>.*?</script>", r"<script\1></script>", page, flags=re.S)
+    assert markup.count("<script") == 3
+    assert not re.search(r"""(src|href)=["']?(https?:)?//""", markup)
+    summary = json.loads((finished / "summary.json").read_text())
+    assert str(escape(summary["verdict"])) in page
+    data = _page_data(page)
+    assert set(data["figures"]) == {c for c, _ in budget_report.QUALITY_FIGURES}
+    kl = data["figures"]["kl_mean"]["data"]
+    assert [t["name"] for t in kl] == list(arms.ARMS)
+    curves = pd.read_csv(finished / "budget_curves.csv")
+    qnorm = curves[curves["arm"] == "qnorm"].sort_values("keys_frac")
+    trace = next(t for t in kl if t["name"] == "qnorm")
+    assert trace["y"] == pytest.approx(qnorm["kl_mean"].tolist())
+    grid = data["heads"]["qnorm"]["0.3"]
+    per_head = pd.read_csv(finished / "per_head.csv")
+    row = per_head.query("arm == 'qnorm' and budget == 0.3 and layer == 1 and head == 2")
+    assert grid[1][2] == pytest.approx(row["keys_frac"].item(), abs=1e-5)
+    slope = data["rules"]["0.3"]["slope"]
+    assert slope[1][2] == pytest.approx(row["slope_log_qnorm"].item(), abs=1e-5)
+
+
+def test_a_folder_without_curves_says_so(tmp_path):
+    with pytest.raises(SpectraError, match="no budget_curves.csv"):
+        budget_report.build_budget_report(tmp_path)
+
+
+def test_the_report_in_headless_chromium(finished):
+    from playwright.sync_api import sync_playwright
+
+    assert CHROMIUM.exists(), f"Chromium is required at {CHROMIUM} (apt-get install chromium)"
+    url = (finished / "report.html").resolve().as_uri()
+    errors, requests = [], []
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.on("console", lambda m: m.type == "error" and errors.append(m.text))
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.on("request", lambda r: requests.append(r.url))
+            page.goto(url)
+            page.wait_for_selector("body[data-ready='1']", timeout=60_000)
+            for name, _ in budget_report.QUALITY_FIGURES:
+                assert page.locator(f"#fig-{name} .main-svg").count() > 0, name
+            legend = page.eval_on_selector_all(
+                "#fig-kl_mean .legendtext", "els => els.map((e) => e.textContent)"
+            )
+            assert set(arms.ARMS) <= set(legend)
+            title = "#head-heatmap .gtitle"
+            assert "qnorm at budget 0.5" in page.locator(title).text_content()
+            page.select_option("#arm-select", "sink_local")
+            page.select_option("#budget-select", "0.3")
+            page.wait_for_function(
+                "t => document.querySelector('#head-heatmap .gtitle').textContent.includes(t)",
+                arg="sink_local at budget 0.3",
+            )
+            page.select_option("#rule-select", "r2_gain")
+            rule_title = page.locator("#rule-heatmap .gtitle").text_content()
+            assert "R² of qnorm" in rule_title and "budget 0.3" in rule_title
+            page.screenshot(path=str(ARTIFACTS / "budget_report.png"), full_page=True)
+        finally:
+            browser.close()
+    assert errors == [], f"console errors: {errors}"
+    assert set(requests) == {url}, f"requests beyond the file itself: {set(requests) - {url}}"
