@@ -92,5 +92,12 @@ def test_explorer_notebook_redraws_for_a_new_pick(results_dir, monkeypatch):
     nb = _execute(NAMES[1], results_dir, monkeypatch)
     text = _text(nb)
     assert "now showing (29, 8, 'random_init')" in text
+    # A pick redraws the explorer's views in place (a plotly figure must not display anew).
+    explorer = next(c for c in nb.cells if "def redraw_head" in c.source)
+    shown = [o for o in explorer.outputs if "application/vnd.plotly.v1+json" in o.get("data", {})]
+    assert len(shown) == 3
+    assert "L29 H8" in json.dumps(shown[0]["data"]["application/vnd.plotly.v1+json"])
+    pick = next(c for c in nb.cells if "now showing" in c.source)
+    assert not [o for o in pick.outputs if o["output_type"] == "display_data"]
     assert "'n_layers': 30" in text
     assert "Phase 2" in json.dumps(nb.cells[-2].source) or "budget" in text

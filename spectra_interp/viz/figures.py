@@ -748,3 +748,39 @@ def pattern_heatmap(
         margin={"l": 60, "r": 20, "t": 50, "b": 50},
     )
     return fig
+
+
+def token_figure(
+    token_strs: list[str],
+    qnorm: Float[np.ndarray, " pos"],
+    entropy: Float[np.ndarray, " pos"],
+    title: str = "",
+) -> go.Figure:
+    """‖q‖ (top) and H (bottom) token by token on one text, the tokens along the axis: both
+    numbers side by side, where a coloured-token view shows one at a time."""
+    if not len(token_strs) == len(qnorm) == len(entropy):
+        raise ValueError(f"{len(token_strs)} tokens, {len(qnorm)} ‖q‖, {len(entropy)} H values.")
+    labels = [f"{i}:{t.replace(chr(10), '⏎')}" for i, t in enumerate(token_strs)]
+    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.08)
+    for row, values, color, name in ((1, qnorm, "#2e6da4", "‖q‖"), (2, entropy, "#16a085", "H")):
+        fig.add_trace(
+            go.Scatter(
+                x=labels,
+                y=np.asarray(values, dtype=np.float64),
+                mode="lines+markers",
+                line={"color": color},
+                name=name,
+                hovertemplate=f"%{{x}}<br>{name} = %{{y:.3f}}<extra></extra>",
+            ),
+            row=row,
+            col=1,
+        )
+        fig.update_yaxes(title_text=name, row=row, col=1)
+    fig.update_layout(
+        template=TEMPLATE,
+        title={"text": title},
+        height=420,
+        showlegend=False,
+        margin={"l": 60, "r": 20, "t": 50, "b": 80},
+    )
+    return fig

@@ -196,3 +196,13 @@ def test_scatters_curves_and_pattern(table):
     heat = figures.pattern_heatmap(["a", "b\n"], np.array([[1.0, 0.0], [0.25, 0.75]]))
     assert np.isnan(np.asarray(heat.data[0].z, dtype=float)[0, 1])
     assert heat.data[0].text[1][1] == "'b⏎' → 'b⏎'"
+
+
+def test_token_figure_puts_each_value_on_its_token():
+    fig = figures.token_figure(
+        ["a", "b\n", "c"], np.array([1.0, 2.0, 3.0]), np.array([0.0, 0.5, 0.2])
+    )
+    assert list(fig.data[0].x) == ["0:a", "1:b⏎", "2:c"]
+    assert np.asarray(fig.data[1].y).tolist() == [0.0, 0.5, 0.2]
+    with pytest.raises(ValueError, match="3 tokens, 2"):
+        figures.token_figure(["a", "b", "c"], np.ones(2), np.ones(3))
