@@ -190,9 +190,9 @@ def check_writable(out: Path, min_free_bytes: int) -> None:
     """Fail before any long work when `out` cannot be created, written or has too little room."""
     try:
         out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write-probe"
-        probe.write_bytes(b"ok")
-        probe.unlink()
+        # A probe of this process's own: runs that join one folder must not remove each other's.
+        with tempfile.NamedTemporaryFile(dir=out, prefix=".write-probe-") as probe:
+            probe.write(b"ok")
     except OSError as err:
         raise SpectraError(f"Cannot write to the results folder {out}: {err.strerror}.") from err
     stat = os.statvfs(out)
