@@ -402,20 +402,33 @@ def _config_record(
     model: Any = None,
 ) -> dict[str, Any]:
     """config.json: the identity first (what a resume checks), then what is known so far."""
-    record: dict[str, Any] = {
-        "schema_version": SCHEMA_VERSION,
-        "identity": config.identity(),
-        "config": config.to_dict(),
-        "world_size": dist.world_size,
-    }
-    if device is not None and dtype is not None:
-        record["environment"] = environment(device, dtype)
+    record = run_record(SCHEMA_VERSION, config, dist, device, dtype)
     if windows is not None:
         record["n_windows"] = int(len(windows.tokens))
         record["bos"] = bool(windows.bos)
     if model is not None:
         record["q_source"] = q_source(model, config.method)
         record["attention"] = models.spec_of(model).describe()
+    return record
+
+
+def run_record(
+    schema_version: int,
+    config: Any,
+    dist: Dist,
+    device: torch.device | None = None,
+    dtype: torch.dtype | None = None,
+) -> dict[str, Any]:
+    """The head of every config.json (sweep or Phase 2): the schema, the identity first (what a
+    resume checks), the settings, the world size, and the environment once it is known."""
+    record: dict[str, Any] = {
+        "schema_version": schema_version,
+        "identity": config.identity(),
+        "config": config.to_dict(),
+        "world_size": dist.world_size,
+    }
+    if device is not None and dtype is not None:
+        record["environment"] = environment(device, dtype)
     return record
 
 

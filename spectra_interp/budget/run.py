@@ -51,10 +51,10 @@ from spectra_interp.sweep import (
     Block,
     Log,
     check_context,
-    environment,
     rank_blocks,
     release_memory,
     run_blocks,
+    run_record,
 )
 
 CAL, EVAL, MASKED = BudgetLayout.CALIBRATION, BudgetLayout.EVALUATION, BudgetLayout.MASKED
@@ -229,15 +229,7 @@ def _config_record(
     model: Any = None,
 ) -> dict[str, Any]:
     """config.json: the identity first (what a resume checks), then what is known so far."""
-    record: dict[str, Any] = {
-        "schema_version": BUDGET_SCHEMA_VERSION,
-        "phase": 2,
-        "identity": config.identity(),
-        "config": config.to_dict(),
-        "world_size": dist.world_size,
-    }
-    if device is not None and dtype is not None:
-        record["environment"] = environment(device, dtype)
+    record = {**run_record(BUDGET_SCHEMA_VERSION, config, dist, device, dtype), "phase": 2}
     if splits is not None:
         record["n_windows"] = {s: len(w) for s, w in splits.items()}
         record["documents"] = {

@@ -5,18 +5,15 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 
 import pandas as pd
 import pytest
+from browser import ARTIFACTS, open_page
 from markupsafe import escape
 
 from spectra_interp.budget import arms
 from spectra_interp.errors import SpectraError
 from spectra_interp.viz import budget_report
-
-CHROMIUM = Path("/usr/bin/chromium")
-ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 
 
 def _page_data(page: str) -> dict:
@@ -56,40 +53,28 @@ def test_a_folder_without_curves_says_so(tmp_path):
 
 
 def test_the_report_in_headless_chromium(finished):
-    from playwright.sync_api import sync_playwright
-
-    assert CHROMIUM.exists(), f"Chromium is required at {CHROMIUM} (apt-get install chromium)"
     url = (finished / "report.html").resolve().as_uri()
-    errors, requests = [], []
-    ARTIFACTS.mkdir(exist_ok=True)
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.on("console", lambda m: m.type == "error" and errors.append(m.text))
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.on("request", lambda r: requests.append(r.url))
-            page.goto(url)
-            page.wait_for_selector("body[data-ready='1']", timeout=60_000)
-            for name, _ in budget_report.QUALITY_FIGURES:
-                assert page.locator(f"#fig-{name} .main-svg").count() > 0, name
-            legend = page.eval_on_selector_all(
-                "#fig-kl_mean .legendtext", "els => els.map((e) => e.textContent)"
-            )
-            assert set(arms.ARMS) <= set(legend)
-            title = "#head-heatmap .gtitle"
-            assert "qnorm at budget 0.5" in page.locator(title).text_content()
-            page.select_option("#arm-select", "sink_local")
-            page.select_option("#budget-select", "0.3")
-            page.wait_for_function(
-                "t => document.querySelector('#head-heatmap .gtitle').textContent.includes(t)",
-                arg="sink_local at budget 0.3",
-            )
-            page.select_option("#rule-select", "r2_gain")
-            rule_title = page.locator("#rule-heatmap .gtitle").text_content()
-            assert "R² of qnorm" in rule_title and "budget 0.3" in rule_title
-            page.screenshot(path=str(ARTIFACTS / "budget_report.png"), full_page=True)
-        finally:
-            browser.close()
-    assert errors == [], f"console errors: {errors}"
-    assert set(requests) == {url}, f"requests beyond the file itself: {set(requests) - {url}}"
+    with open_page() as seen:
+        page = seen.page
+        page.goto(url)
+        page.wait_for_selector("body[data-ready='1']", timeout=60_000)
+        for name, _ in budget_report.QUALITY_FIGURES:
+            assert page.locator(f"#fig-{name} .main-svg").count() > 0, name
+        legend = page.eval_on_selector_all(
+            "#fig-kl_mean .legendtext", "els => els.map((e) => e.textContent)"
+        )
+        assert set(arms.ARMS) <= set(legend)
+        title = "#head-heatmap .gtitle"
+        assert "qnorm at budget 0.5" in page.locator(title).text_content()
+        page.select_option("#arm-select", "sink_local")
+        page.select_option("#budget-select", "0.3")
+        page.wait_for_function(
+            "t => document.querySelector('#head-heatmap .gtitle').textContent.includes(t)",
+            arg="sink_local at budget 0.3",
+        )
+        page.select_option("#rule-select", "r2_gain")
+        rule_title = page.locator("#rule-heatmap .gtitle").text_content()
+        assert "R² of qnorm" in rule_title and "budget 0.3" in rule_title
+        page.screenshot(path=str(ARTIFACTS / "budget_report.png"), full_page=True)
+    assert seen.errors == [], f"console errors: {seen.errors}"
+    assert set(seen.requests) == {url}, f"requests beyond the file: {set(seen.requests) - {url}}"

@@ -1,10 +1,10 @@
 """circuitsvis views: the bundle is inlined (never the CDN), and a model run keeps one head."""
 
 import re
-from pathlib import Path
 
 import numpy as np
 import pytest
+from browser import open_page
 
 from spectra_interp.errors import SpectraError
 from spectra_interp.extract import extract
@@ -76,10 +76,6 @@ def test_attention_view_runs_one_layer_of_smollm2(smollm2):
 
 def test_views_render_in_headless_chromium_offline(tmp_path):
     """Each view on its own page, as a notebook shows each output: it draws, offline."""
-    from playwright.sync_api import sync_playwright
-
-    chromium = Path("/usr/bin/chromium")
-    assert chromium.exists(), f"Chromium is required at {chromium} (apt-get install chromium)"
     views = {
         "pattern": (attention.pattern_view(TOKENS, _causal(4)), "canvas"),
         "tokens": (
@@ -87,22 +83,15 @@ def test_views_render_in_headless_chromium_offline(tmp_path):
             "span",
         ),
     }
-    errors, requests, pages = [], [], []
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(chromium), args=["--no-sandbox"])
-        try:
-            page = browser.new_page()
-            page.on("console", lambda m: m.type == "error" and errors.append(m.text))
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.on("request", lambda r: requests.append(r.url))
-            for name, (view, element) in views.items():
-                path = tmp_path / f"{name}.html"
-                path.write_text(f"<html><body>{view._repr_html_()}</body></html>")
-                pages.append(path.as_uri())
-                page.goto(path.as_uri())
-                page.wait_for_selector(f"div[id^=circuits-vis-] {element}", timeout=30_000)
-            page.wait_for_function("document.body.innerText.includes('cat')")
-        finally:
-            browser.close()
-    assert errors == []
-    assert requests == pages
+    pages = []
+    with open_page() as seen:
+        page = seen.page
+        for name, (view, element) in views.items():
+            path = tmp_path / f"{name}.html"
+            path.write_text(f"<html><body>{view._repr_html_()}</body></html>")
+            pages.append(path.as_uri())
+            page.goto(path.as_uri())
+            page.wait_for_selector(f"div[id^=circuits-vis-] {element}", timeout=30_000)
+        page.wait_for_function("document.body.innerText.includes('cat')")
+    assert seen.errors == []
+    assert seen.requests == pages

@@ -8,13 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from browser import ARTIFACTS, open_page
 from fake_results import make_fake_results
 
 from spectra_interp.errors import SpectraError
 from spectra_interp.viz import figures, report
 
-CHROMIUM = Path("/usr/bin/chromium")
-ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 MAX_BYTES = 25 * 1024 * 1024
 
 
@@ -185,94 +184,80 @@ def _cell_position(page, layer: int, head: int) -> tuple[float, float]:
 
 
 def test_report_in_headless_chromium(smollm2_sized):
-    from playwright.sync_api import sync_playwright
-
-    assert CHROMIUM.exists(), f"Chromium is required at {CHROMIUM} (apt-get install chromium)"
     path = smollm2_sized / "report.html"
     url = path.resolve().as_uri()
-    ARTIFACTS.mkdir(exist_ok=True)
     table = report.load_results(smollm2_sized).head_stats
     tiny = table.loc[table["q_fdr"].idxmin()].to_dict()
     assert 0 < tiny["q_fdr"] < 1e-3, "the fixture has a head with a tiny q-value"
-    errors, requests = [], []
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.on("console", lambda m: m.type == "error" and errors.append(m.text))
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.on("request", lambda r: requests.append(r.url))
-            page.goto(url)
-            page.wait_for_selector("body[data-ready='1']", timeout=60_000)
-            label = page.locator("#head-label")
-            first = (int(label.get_attribute("data-layer")), int(label.get_attribute("data-head")))
-            assert label.inner_text() == f"L{first[0]} H{first[1]}"
-            assert page.locator("#pattern-view canvas, #pattern-view svg").count() > 0
-            target = (7, 4) if first != (7, 4) else (8, 5)
-            x, y = _cell_position(page, *target)
-            page.mouse.click(x, y)
-            want = f"L{target[0]} H{target[1]}"
-            page.wait_for_function(
-                "t => document.getElementById('head-label').textContent === t", arg=want
-            )
-            page.wait_for_function(
-                "t => (document.querySelector('#density-fig .gtitle') || {}).textContent"
-                "?.includes(t)",
-                arg=want,
-            )
-            note = page.locator("#attention-note").inner_text()
-            assert f"layer {target[0]}, head {target[1]}" in note
-            assert page.locator("#pattern-view canvas, #pattern-view svg").count() > 0
-            assert page.locator("#token-view").inner_text().strip() != ""
-            # another slice of attention redraws the views with its tokens
-            page.select_option("#slice-select", "1")
-            page.wait_for_function(
-                "() => document.getElementById('attention-note').textContent.startsWith('window 1')"
-            )
-            # the random-init toggle swaps the head's panels for the control's
-            page.check("#model-random_init")
-            page.wait_for_function(
-                "() => (document.querySelector('#density-fig .gtitle') || {}).textContent"
-                "?.includes('random init')"
-            )
-            # a fragment changed after load selects that head
-            page.evaluate("location.hash = '#L3H2'")
-            page.wait_for_function(
-                "() => document.getElementById('head-label').textContent === 'L3 H2'"
-            )
-            # an unknown head says so and keeps the one shown
-            page.evaluate("location.hash = '#L99H0'")
-            message = page.locator("#head-message")
-            message.wait_for(state="visible")
-            assert "There is no head L99 H0 in this run (layers 0–29, heads 0–8)" in (
-                message.inner_text()
-            )
-            assert label.inner_text() == "L3 H2"
-            # the metric switch redraws the heatmap with the chosen metric
-            before = page.evaluate("document.getElementById('heatmap')._fullData[0].z[0][0]")
-            page.select_option("#metric-select", "random_init_r")
-            page.wait_for_function(
-                "() => document.querySelector('#heatmap .cbtitle')?.textContent"
-                "?.includes('random-init r')"
-            )
-            after = page.evaluate("document.getElementById('heatmap')._fullData[0].z[0][0]")
-            assert after != before
-            want_z = tiny["random_init_r"]
-            cell = f"[{int(tiny['head'])}][{int(tiny['layer'])}]"
-            got_z = page.evaluate(f"document.getElementById('heatmap')._fullData[0].z{cell}")
-            assert got_z == pytest.approx(want_z, abs=1e-9)
-            # a tiny q-value's hover text is in scientific notation
-            x, y = _cell_position(page, tiny["layer"], tiny["head"])
-            page.mouse.move(x, y)
-            page.wait_for_function(
-                "() => document.querySelector('#heatmap .hoverlayer')?.textContent"
-                "?.includes('q_fdr')"
-            )
-            hover = page.evaluate("document.querySelector('#heatmap .hoverlayer').textContent")
-            assert re.search(r"q_fdr = \d\.\d\de-\d\d", hover), hover
-            page.wait_for_timeout(500)
-            page.screenshot(path=str(ARTIFACTS / "report.png"), full_page=True)
-        finally:
-            browser.close()
-    assert errors == [], f"console errors: {errors}"
-    assert set(requests) == {url}, f"requests beyond the file itself: {set(requests) - {url}}"
+    with open_page() as seen:
+        page = seen.page
+        page.goto(url)
+        page.wait_for_selector("body[data-ready='1']", timeout=60_000)
+        label = page.locator("#head-label")
+        first = (int(label.get_attribute("data-layer")), int(label.get_attribute("data-head")))
+        assert label.inner_text() == f"L{first[0]} H{first[1]}"
+        assert page.locator("#pattern-view canvas, #pattern-view svg").count() > 0
+        target = (7, 4) if first != (7, 4) else (8, 5)
+        x, y = _cell_position(page, *target)
+        page.mouse.click(x, y)
+        want = f"L{target[0]} H{target[1]}"
+        page.wait_for_function(
+            "t => document.getElementById('head-label').textContent === t", arg=want
+        )
+        page.wait_for_function(
+            "t => (document.querySelector('#density-fig .gtitle') || {}).textContent?.includes(t)",
+            arg=want,
+        )
+        note = page.locator("#attention-note").inner_text()
+        assert f"layer {target[0]}, head {target[1]}" in note
+        assert page.locator("#pattern-view canvas, #pattern-view svg").count() > 0
+        assert page.locator("#token-view").inner_text().strip() != ""
+        # another slice of attention redraws the views with its tokens
+        page.select_option("#slice-select", "1")
+        page.wait_for_function(
+            "() => document.getElementById('attention-note').textContent.startsWith('window 1')"
+        )
+        # the random-init toggle swaps the head's panels for the control's
+        page.check("#model-random_init")
+        page.wait_for_function(
+            "() => (document.querySelector('#density-fig .gtitle') || {}).textContent"
+            "?.includes('random init')"
+        )
+        # a fragment changed after load selects that head
+        page.evaluate("location.hash = '#L3H2'")
+        page.wait_for_function(
+            "() => document.getElementById('head-label').textContent === 'L3 H2'"
+        )
+        # an unknown head says so and keeps the one shown
+        page.evaluate("location.hash = '#L99H0'")
+        message = page.locator("#head-message")
+        message.wait_for(state="visible")
+        assert "There is no head L99 H0 in this run (layers 0–29, heads 0–8)" in (
+            message.inner_text()
+        )
+        assert label.inner_text() == "L3 H2"
+        # the metric switch redraws the heatmap with the chosen metric
+        before = page.evaluate("document.getElementById('heatmap')._fullData[0].z[0][0]")
+        page.select_option("#metric-select", "random_init_r")
+        page.wait_for_function(
+            "() => document.querySelector('#heatmap .cbtitle')?.textContent"
+            "?.includes('random-init r')"
+        )
+        after = page.evaluate("document.getElementById('heatmap')._fullData[0].z[0][0]")
+        assert after != before
+        want_z = tiny["random_init_r"]
+        cell = f"[{int(tiny['head'])}][{int(tiny['layer'])}]"
+        got_z = page.evaluate(f"document.getElementById('heatmap')._fullData[0].z{cell}")
+        assert got_z == pytest.approx(want_z, abs=1e-9)
+        # a tiny q-value's hover text is in scientific notation
+        x, y = _cell_position(page, tiny["layer"], tiny["head"])
+        page.mouse.move(x, y)
+        page.wait_for_function(
+            "() => document.querySelector('#heatmap .hoverlayer')?.textContent?.includes('q_fdr')"
+        )
+        hover = page.evaluate("document.querySelector('#heatmap .hoverlayer').textContent")
+        assert re.search(r"q_fdr = \d\.\d\de-\d\d", hover), hover
+        page.wait_for_timeout(500)
+        page.screenshot(path=str(ARTIFACTS / "report.png"), full_page=True)
+    assert seen.errors == [], f"console errors: {seen.errors}"
+    assert set(seen.requests) == {url}, f"requests beyond the file: {set(seen.requests) - {url}}"

@@ -1,0 +1,41 @@
+"""Headless Chromium for the page tests: Debian's binary (a missing browser fails the test), the
+page's console errors and every request it makes recorded, screenshots in test-artifacts/."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
+
+
+@dataclass
+class Browsing:
+    """One open page and what it reported."""
+
+    page: Any
+    errors: list[str] = field(default_factory=list)
+    requests: list[str] = field(default_factory=list)
+
+
+@contextmanager
+def open_page(width: int = 1400, height: int = 1000) -> Iterator[Browsing]:
+    from playwright.sync_api import sync_playwright
+
+    assert CHROMIUM.exists(), f"Chromium is required at {CHROMIUM} (apt-get install chromium)"
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
+        try:
+            page = browser.new_page(viewport={"width": width, "height": height})
+            seen = Browsing(page)
+            page.on("console", lambda m: m.type == "error" and seen.errors.append(m.text))
+            page.on("pageerror", lambda e: seen.errors.append(str(e)))
+            page.on("request", lambda r: seen.requests.append(r.url))
+            yield seen
+        finally:
+            browser.close()
