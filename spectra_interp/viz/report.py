@@ -296,24 +296,43 @@ def headline(summary: dict, table: pd.DataFrame) -> str:
     return " ".join(parts)
 
 
-def cards(table: pd.DataFrame, criteria: Criteria) -> list[tuple[str, str]]:
-    """Headline numbers, computed from head_stats so they exist whatever the summary."""
+def cards(table: pd.DataFrame, criteria: Criteria) -> list[tuple[str, str, str]]:
+    """Headline numbers with their one-line meaning, computed from head_stats so they exist
+    whatever the summary."""
     passing = figures.passes_mask(table)
     sign = figures.sign_of(table)
     out = [
-        ("heads", f"{len(table):,}"),
-        ("passing", f"{int(passing.sum()):,}"),
-        ("passing, r < 0", f"{int((passing & (sign < 0)).sum()):,}"),
-        ("passing, r > 0", f"{int((passing & (sign > 0)).sum()):,}"),
+        ("heads", f"{len(table):,}", "query heads measured: layers × query heads"),
+        ("passing", f"{int(passing.sum()):,}", HEAD_COLUMNS["passes"]),
+        (
+            "passing, r < 0",
+            f"{int((passing & (sign < 0)).sum()):,}",
+            "passing heads where a larger ‖q‖ goes with a lower H (the hypothesis' direction)",
+        ),
+        (
+            "passing, r > 0",
+            f"{int((passing & (sign > 0)).sum()):,}",
+            "passing heads where a larger ‖q‖ goes with a higher H",
+        ),
     ]
     if "pearson_r" in table:
         r = pd.to_numeric(table["pearson_r"], errors="coerce")
-        out.append((f"|r| ≥ {criteria.r_threshold}", f"{int(criteria.strong(r).sum()):,}"))
-        out.append(("median r", f"{r.median():+.3f}"))
+        out.append(
+            (
+                f"|r| ≥ {criteria.r_threshold}",
+                f"{int(criteria.strong(r).sum()):,}",
+                "heads whose |pearson_r| reaches the threshold, significant or not",
+            )
+        )
+        out.append(("median r", f"{r.median():+.3f}", "median over heads of pearson_r"))
         if r.notna().any():
             row = table.loc[r.idxmin()]
             out.append(
-                ("most negative", f"L{int(row['layer'])} H{int(row['head'])}: {r.min():+.3f}")
+                (
+                    "most negative",
+                    f"L{int(row['layer'])} H{int(row['head'])}: {r.min():+.3f}",
+                    "the head with the lowest pearson_r",
+                )
             )
     return out
 
@@ -330,14 +349,18 @@ def controls_html(table: pd.DataFrame, summary: dict, criteria: Criteria) -> str
             continue
         r = pd.to_numeric(table[column], errors="coerce").abs()
         rows.append(
-            f"<tr><th>{name}</th><td>{r.median():.3f}</td><td>{r.max():.3f}</td>"
+            f'<tr><th title="{html.escape(HEAD_COLUMNS.get(column, name))}">{name}</th>'
+            f"<td>{r.median():.3f}</td><td>{r.max():.3f}</td>"
             f"<td>{int(criteria.strong(r).sum())}</td></tr>"
         )
     out = ""
     if rows:
         out += (
-            '<table class="grid controls"><tr><th></th><th>median |r|</th><th>max |r|</th>'
-            f"<th>heads with |r| ≥ {criteria.r_threshold}</th></tr>{''.join(rows)}</table>"
+            '<table class="grid controls"><tr><th></th>'
+            '<th title="median over heads of |r|">median |r|</th>'
+            '<th title="largest |r| over heads">max |r|</th>'
+            f'<th title="heads whose |r| reaches the pass threshold">heads with |r| ≥ '
+            f"{criteria.r_threshold}</th></tr>{''.join(rows)}</table>"
         )
     if isinstance(summary.get("controls"), dict | list):
         out += render_value(summary["controls"])

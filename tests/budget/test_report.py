@@ -12,6 +12,7 @@ from browser import ARTIFACTS, open_page
 from markupsafe import escape
 
 from spectra_interp.budget import arms
+from spectra_interp.budget.curves import CURVE_COLUMNS
 from spectra_interp.errors import SpectraError
 from spectra_interp.viz import budget_report
 
@@ -45,6 +46,15 @@ def test_the_report_is_one_file_built_from_the_folder(finished, tmp_path):
     assert grid[1][2] == pytest.approx(row["keys_frac"].item(), abs=1e-5)
     slope = data["rules"]["0.3"]["slope"]
     assert slope[1][2] == pytest.approx(row["slope_log_qnorm"].item(), abs=1e-5)
+
+
+def test_every_column_header_has_its_meaning(finished, tmp_path):
+    page = budget_report.build_budget_report(finished, tmp_path / "page.html").read_text("utf-8")
+    for table in ("comparisons", "curve-table"):
+        html = re.search(rf'<table class="grid" id="{table}">.*?</table>', page, re.S).group(0)
+        heads = re.findall(r"<th([^>]*)>(.*?)</th>", html, re.S)
+        assert heads and all("title=" in attrs for attrs, _ in heads), table
+    assert f'title="{escape(CURVE_COLUMNS["kv_union_frac"])}"' in page
 
 
 def test_a_folder_without_curves_says_so(tmp_path):

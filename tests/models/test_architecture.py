@@ -103,11 +103,16 @@ def test_extract_matches_plain_transformers(name, tmp_path, tokens):
     folder = save_tiny_model(name, tmp_path / name)
     ref = reference(name, folder, tokens)
     model = load_model(str(folder), device="cpu", dtype="float32")
-    for method in METHODS:
-        got = extract(model, tokens, method=method, layers_per_pass=1)
+    runs = {m: extract(model, tokens, method=m, layers_per_pass=1) for m in METHODS}
+    for method, got in runs.items():
         torch.testing.assert_close(got.qnorm, ref["qnorm"], atol=1e-4, rtol=0, msg=method)
         torch.testing.assert_close(got.entropy, ref["entropy"], atol=1e-4, rtol=0, msg=method)
         assert torch.equal(got.n_keys, ref["n_keys"]), (method, got.n_keys, ref["n_keys"])
+        # the default method against each hook method directly, not only via the reference
+        for field in ("qnorm", "entropy"):
+            torch.testing.assert_close(
+                getattr(got, field), getattr(runs["fused"], field), atol=1e-4, rtol=0
+            )
     if name in QK_NORM:  # the raw projection's norms are not the query's: no pass by accident
         assert (ref["raw"] - ref["qnorm"]).abs().max() > 0.1
         assert model.spectra_spec.q_hook == "rot_q"

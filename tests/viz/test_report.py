@@ -117,6 +117,23 @@ def test_report_is_one_file_with_everything_inline(small):
     assert "within 0.02 of 0" in page
 
 
+def _untitled_headers(html: str) -> list[str]:
+    """Column and row headers with text but no tooltip."""
+    return [
+        h for a, h in re.findall(r"<th([^>]*)>(.*?)</th>", html, re.S) if h and "title=" not in a
+    ]
+
+
+def test_every_number_on_the_page_says_what_it_is(small):
+    page = report.build_report(small).read_text(encoding="utf-8")
+    cards = re.findall(r'<div class="card"([^>]*)>', page)
+    assert len(cards) >= 6 and all('title="' in c for c in cards)
+    assert 'title="the pass rule holds' in page  # the glossary's own text, not a copy
+    controls = re.search(r'<table class="grid controls">.*?</table>', page, re.S).group(0)
+    tops = re.findall(r'<table class="grid">\s*<tr><th title.*?</table>', page, re.S)
+    assert tops and _untitled_headers(controls + "".join(tops)) == []
+
+
 def test_report_renders_any_summary_and_missing_parts(tmp_path, small):
     folder = tmp_path / "partial"
     shutil.copytree(small, folder)
