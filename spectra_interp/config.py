@@ -110,8 +110,13 @@ class RunConfig:
     def out_dir(self) -> Path:
         if self.out:
             return Path(self.out).expanduser()
-        name = Path(self.model.replace("/", "_").replace(":", "-")).name
-        return Path("results") / f"{self.OUT_PREFIX}{name}-ctx{self.ctx}"
+        return Path("results") / self.folder_name(self.model, self.ctx)
+
+    @classmethod
+    def folder_name(cls, model: str, ctx: int | str) -> str:
+        """The default results folder's name for a model and context (`*` for any context)."""
+        name = Path(model.replace("/", "_").replace(":", "-")).name
+        return f"{cls.OUT_PREFIX}{name}-ctx{ctx}"
 
     def identity(self) -> dict[str, Any]:
         """The settings that determine the numbers, as JSON-ready values."""

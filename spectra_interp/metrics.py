@@ -61,12 +61,15 @@ def capped(logits: Tensor, softcap: float | None) -> Tensor:
     return torch.tanh(logits / softcap) * softcap if softcap else logits
 
 
+# A small slack so that a mass of 1.0 is reached despite rounding of the sum of the weights.
+MASS_SLACK = 1e-6
+
+
 def keys_for_mass(p: Float[Tensor, "... key"], mass: float) -> Int[Tensor, "..."]:
     """k_eff: the fewest keys whose weights sum to at least `mass` (weights sorted, largest first).
     Weights of keys a query cannot see are 0 and never counted."""
     top = torch.sort(p, dim=-1, descending=True).values.cumsum(-1)
-    # a small slack so that mass 1.0 is reached despite rounding of the sum
-    return (top < mass - 1e-6).sum(-1) + 1
+    return (top < mass - MASS_SLACK).sum(-1) + 1
 
 
 def query_extras(

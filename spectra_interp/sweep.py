@@ -311,9 +311,10 @@ def prepare_windows(
     config: SweepConfig, layout: SweepLayout, tokenizer: Any, dist: Dist
 ) -> Windows:
     """The run's windows: read back from the folder on resume, else built and written once."""
-    if layout.tokens.exists() and layout.meta.exists():
-        bos = added_bos_id(tokenizer) is not None
-        return Windows(tokens=np.load(layout.tokens), meta=pd.read_csv(layout.meta), bos=bos)
+    bos = added_bos_id(tokenizer) is not None
+    stored = store.read_windows(layout.tokens, layout.meta, bos)
+    if stored is not None:
+        return stored
     windows = load_corpus(
         config.corpus,
         tokenizer,
@@ -324,8 +325,7 @@ def prepare_windows(
         pack=config.pack,
     )
     if dist.rank == 0:
-        store.write_with(layout.tokens, lambda buf: np.save(buf, windows.tokens))
-        store.write_csv(layout.meta, windows.meta)
+        store.write_windows(layout.tokens, layout.meta, windows)
     return windows
 
 
@@ -387,7 +387,11 @@ def _run(config: SweepConfig, dist: Dist, log: Log) -> Path:
         release_memory(device)
     dist.barrier()
     if not dist.on_one_host():
-        dist.collect_files(layout.root, own_shards(windows, config, layout, dist))
+        labels = [label for label, _, _ in model_passes(config)]
+        window_ids = windows.meta["window_id"].to_numpy()
+        dist.collect_files(
+            layout.root, own_shards(window_ids, labels, config.batch_size, layout, dist)
+        )
     if dist.rank == 0:
         finalize(layout, config, timings, log)
     return layout.root
@@ -432,11 +436,12 @@ def run_record(
     return record
 
 
-def own_shards(windows: Windows, config: SweepConfig, layout: SweepLayout, dist: Dist) -> list[str]:
-    """This rank's shard files, relative to the results folder."""
-    window_ids = windows.meta["window_id"].to_numpy()
-    mine = rank_blocks(len(window_ids), config.batch_size, dist)
-    labels = [label for label, _, _ in model_passes(config)]
+def own_shards(
+    window_ids: np.ndarray, labels: list[str], batch_size: int, layout: Any, dist: Dist
+) -> list[str]:
+    """This rank's shard files of the stages `labels`, relative to the results folder (what
+    ranks on other machines send to rank 0)."""
+    mine = rank_blocks(len(window_ids), batch_size, dist)
     return [
         layout.relative_shard(label, int(window_ids[row]))
         for label in labels

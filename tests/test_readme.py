@@ -3,10 +3,10 @@
 from pathlib import Path
 
 from spectra_interp import settings
-from spectra_interp.budget.curves import CURVE_COLUMNS, PER_HEAD_COLUMNS, columns_markdown
+from spectra_interp.budget.curves import CURVE_COLUMNS, PER_HEAD_COLUMNS
 from spectra_interp.config import BudgetConfig, SweepConfig
 from spectra_interp.results.layout import BudgetLayout, SweepLayout
-from spectra_interp.stats.columns import glossary_markdown
+from spectra_interp.stats.columns import HEAD_COLUMNS, columns_markdown
 
 README = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
 
@@ -27,6 +27,6 @@ def test_the_settings_tables_are_generated_from_the_config():
 def test_the_results_folder_and_column_tables_are_the_code_s():
     assert SweepLayout.files_markdown() in README
     assert BudgetLayout.files_markdown() in README
-    assert glossary_markdown() in README
+    assert columns_markdown(HEAD_COLUMNS) in README
     assert columns_markdown(CURVE_COLUMNS) in README
     assert columns_markdown(PER_HEAD_COLUMNS) in README

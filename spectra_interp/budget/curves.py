@@ -55,12 +55,6 @@ PER_HEAD_COLUMNS: dict[str, str] = {
 }
 
 
-def columns_markdown(columns: dict[str, str]) -> str:
-    """A README table of a CSV's columns."""
-    rows = [f"| `{name}` | {text} |" for name, text in columns.items()]
-    return "\n".join(["| column | meaning |", "|---|---|", *rows])
-
-
 KL_QUANTILE = 0.99
 
 

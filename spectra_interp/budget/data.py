@@ -70,15 +70,12 @@ def prepare_splits(
 ) -> dict[str, Windows]:
     """The run's windows: read back from the folder on resume, else built (and written once,
     by the process that `write`s)."""
-    if all(layout.tokens(s).exists() and layout.meta(s).exists() for s in layout.SPLITS):
-        bos = added_bos_id(tokenizer) is not None
-        return {
-            s: Windows(tokens=np.load(layout.tokens(s)), meta=pd.read_csv(layout.meta(s)), bos=bos)
-            for s in layout.SPLITS
-        }
+    bos = added_bos_id(tokenizer) is not None
+    stored = {s: store.read_windows(layout.tokens(s), layout.meta(s), bos) for s in layout.SPLITS}
+    if all(w is not None for w in stored.values()):
+        return stored
     splits = build_splits(config, tokenizer)
     if write:
         for split, windows in splits.items():
-            store.write_with(layout.tokens(split), lambda buf, w=windows: np.save(buf, w.tokens))
-            store.write_csv(layout.meta(split), windows.meta)
+            store.write_windows(layout.tokens(split), layout.meta(split), windows)
     return splits

@@ -36,14 +36,13 @@ from spectra_interp.extract.fused import (
     repeat_kv,
     unbridged,
 )
-from spectra_interp.metrics import capped, visible_keys
+from spectra_interp.metrics import MASS_SLACK, capped, visible_keys
 from spectra_interp.models.architecture import AttentionSpec
 from spectra_interp.models.load import spec_of
 
 NAME = "spectra_budget"
 QUERY_BLOCK = 256
 SCORE, RECENCY = "score", "recency"
-MASS_SLACK = 1e-6  # as in metrics.keys_for_mass: mass 1 is reached despite rounding of the sum
 
 
 def always_kept(
@@ -173,6 +172,7 @@ def budget_attention(
     window = run.spec.windows[layer]
     masses = torch.tensor(run.masses, dtype=torch.float32, device=query.device)
     out = torch.empty(*query.shape[:-1], v.shape[-1], dtype=query.dtype, device=query.device)
+    qnorm = torch.linalg.vector_norm(query.float(), dim=-1)
     gathered: dict[str, list[Tensor]] = {name: [] for name in ("kept", "union", "by_mass", "masks")}
     for i0 in range(0, n_q, QUERY_BLOCK):
         i1 = min(i0 + QUERY_BLOCK, n_q)
@@ -197,11 +197,11 @@ def budget_attention(
             if run.reducer is None:
                 gathered["by_mass"].append(counts.cpu())
             else:
-                qnorm = torch.linalg.vector_norm(query[:, :, i0:i1].float(), dim=-1)
-                gathered["by_mass"].append(run.reducer(counts, positions, visible, qnorm).cpu())
+                reduced = run.reducer(counts, positions, visible, qnorm[:, :, i0:i1])
+                gathered["by_mass"].append(reduced.cpu())
         if run.keep_masks:
             gathered["masks"].append(torch.nn.functional.pad(keep, (0, n_k - keys)).cpu())
-    run.qnorm[layer] = torch.linalg.vector_norm(query.float(), dim=-1).cpu()
+    run.qnorm[layer] = qnorm.cpu()
     for name, blocks in gathered.items():
         if blocks:
             reduced = name == "by_mass" and run.reducer is not None

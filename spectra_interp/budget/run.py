@@ -51,7 +51,7 @@ from spectra_interp.sweep import (
     Block,
     Log,
     check_context,
-    rank_blocks,
+    own_shards,
     release_memory,
     run_blocks,
     run_record,
@@ -200,10 +200,8 @@ def _share_stage(
         return
     mine = []
     for stage in stages:
-        windows = splits[CAL if stage == CAL else EVAL]
-        ids = windows.meta["window_id"].to_numpy()
-        for block in rank_blocks(len(ids), config.batch_size, dist):
-            mine += [layout.relative_shard(stage, int(ids[row])) for row in block.rows]
+        ids = splits[CAL if stage == CAL else EVAL].meta["window_id"].to_numpy()
+        mine += own_shards(ids, [stage], config.batch_size, layout, dist)
     dist.collect_files(layout.root, mine)
 
 

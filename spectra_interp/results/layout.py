@@ -33,6 +33,10 @@ class Layout:
     REPORT = "report.html"
     SHARDS = "shards"
     CLAIMS = "claims"
+    # The run's windows, written once so a resumed run reads the very same ones back.
+    WINDOWS = "windows"
+    TOKENS_FILE = "tokens.npy"
+    META_FILE = "meta.csv"
     DESCRIPTIONS: ClassVar[dict[str, str]] = {}
 
     def __post_init__(self) -> None:
@@ -41,8 +45,9 @@ class Layout:
     @classmethod
     def files_markdown(cls) -> str:
         """The README's table of the folder."""
-        rows = [f"| `{name}` | {text} |" for name, text in cls.DESCRIPTIONS.items()]
-        return "\n".join(["| file | contents |", "|---|---|", *rows])
+        from spectra_interp.stats.columns import columns_markdown
+
+        return columns_markdown(cls.DESCRIPTIONS, ("file", "contents"))
 
     def path(self, name: str) -> Path:
         return self.root / name
@@ -84,8 +89,8 @@ class Layout:
 class SweepLayout(Layout):
     """The paths of one sweep results folder."""
 
-    TOKENS = "windows/tokens.npy"
-    META = "windows/meta.csv"
+    TOKENS = f"{Layout.WINDOWS}/{Layout.TOKENS_FILE}"
+    META = f"{Layout.WINDOWS}/{Layout.META_FILE}"
     HEAD_STATS = "head_stats.csv"
     TOKEN_SAMPLE = "token_sample.parquet"
     ALPHA_RESPONSE = "alpha_response.csv"
@@ -100,7 +105,7 @@ class SweepLayout(Layout):
         ATTENTION,
         Layout.REPORT,
     )
-    FOLDERS = ("windows", Layout.SHARDS, Layout.CLAIMS)
+    FOLDERS = (Layout.WINDOWS, Layout.SHARDS, Layout.CLAIMS)
     DESCRIPTIONS = {
         Layout.CONFIG: "settings, resume identity, versions, device, dtype, seed, git commit, "
         "where ‖q‖ was read (`q_source`, with the kernel of each layer) and each layer's "
@@ -155,7 +160,6 @@ class BudgetLayout(Layout):
     evaluation window. `plan.npz` (fitted rules, scales, oracle masses) sits between them.
     """
 
-    WINDOWS = "windows"
     PLAN = "plan.npz"
     CURVES = "budget_curves.csv"
     PER_HEAD = "per_head.csv"
@@ -164,12 +168,12 @@ class BudgetLayout(Layout):
     SPLITS = (CALIBRATION, EVALUATION)
     STAGES = (CALIBRATION, EVALUATION, MASKED)
     OUTPUTS = (Layout.CONFIG, PLAN, CURVES, PER_HEAD, Layout.SUMMARY, Layout.REPORT)
-    FOLDERS = (WINDOWS, Layout.SHARDS, Layout.CLAIMS)
+    FOLDERS = (Layout.WINDOWS, Layout.SHARDS, Layout.CLAIMS)
     DESCRIPTIONS = {
         Layout.CONFIG: "settings, resume identity, versions, device, dtype, the documents of each "
         "split and each layer's attention facts",
-        f"{WINDOWS}/<split>/tokens.npy, meta.csv": "token ids of the calibration and evaluation "
-        "windows; their source, document and offset",
+        f"{Layout.WINDOWS}/<split>/{Layout.TOKENS_FILE}, {Layout.META_FILE}": "token ids of the "
+        "calibration and evaluation windows; their source, document and offset",
         f"{Layout.SHARDS}/{CALIBRATION}/window_XXXXX.npz": "dense pass of a calibration window: "
         "‖q‖ and k_eff of every query",
         f"{Layout.SHARDS}/{EVALUATION}/window_XXXXX.npz": "dense pass of an evaluation window: "
@@ -203,7 +207,7 @@ class BudgetLayout(Layout):
         return self.root / self.PER_HEAD
 
     def tokens(self, split: str) -> Path:
-        return self.root / self.WINDOWS / split / "tokens.npy"
+        return self.root / self.WINDOWS / split / self.TOKENS_FILE
 
     def meta(self, split: str) -> Path:
-        return self.root / self.WINDOWS / split / "meta.csv"
+        return self.root / self.WINDOWS / split / self.META_FILE

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from spectra_interp.corpus import Windows
 from spectra_interp.errors import SpectraError
 from spectra_interp.results.layout import SweepLayout
 
@@ -181,6 +182,22 @@ def live_claims(layout: SweepLayout) -> list[dict[str, Any]]:
     folder = layout.root / layout.CLAIMS
     owners = [claim_owner(p) for p in folder.rglob("*.json")] if folder.is_dir() else []
     return [o for o in owners if o is not None and o.get("pid") != os.getpid()]
+
+
+# --- windows ----------------------------------------------------------------------------------
+
+
+def write_windows(tokens: Path, meta: Path, windows: Windows) -> None:
+    """A run's windows, written once so that a resumed run reads the very same ones back."""
+    write_with(tokens, lambda buf: np.save(buf, windows.tokens))
+    write_csv(meta, windows.meta)
+
+
+def read_windows(tokens: Path, meta: Path, bos: bool) -> Windows | None:
+    """The windows `write_windows` wrote, or None when the folder has none yet."""
+    if not (tokens.exists() and meta.exists()):
+        return None
+    return Windows(tokens=np.load(tokens), meta=pd.read_csv(meta), bos=bos)
 
 
 # --- preparing a folder ----------------------------------------------------------------------

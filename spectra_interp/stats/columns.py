@@ -41,7 +41,9 @@ HEAD_COLUMNS: dict[str, str] = {
 }
 
 
-def glossary_markdown() -> str:
-    """The README's column table."""
-    rows = [f"| `{name}` | {text} |" for name, text in HEAD_COLUMNS.items()]
-    return "\n".join(["| column | meaning |", "|---|---|", *rows])
+def columns_markdown(
+    columns: dict[str, str], header: tuple[str, str] = ("column", "meaning")
+) -> str:
+    """A README table of names and their one-line meanings (a CSV's columns, a folder's files)."""
+    rows = [f"| `{name}` | {text} |" for name, text in columns.items()]
+    return "\n".join([f"| {header[0]} | {header[1]} |", "|---|---|", *rows])

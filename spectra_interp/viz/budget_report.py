@@ -30,6 +30,7 @@ from spectra_interp.viz.report import (
     asset,
     flat_config,
     json_for_script,
+    labelled,
     render_value,
     template_environment,
 )
@@ -168,16 +169,14 @@ def _num(value: object, fmt: str) -> str:
 
 def run_line(config: dict, folder: Path) -> str:
     """model · corpus · context · windows · documents · device ... from config.json."""
-    flat = flat_config(config)
-    parts = [
-        f"<b>{label}</b> {html.escape(str(flat[key]))}"
-        for key, label in (
+    parts = labelled(
+        flat_config(config),
+        [
             ("model", "model"), ("corpus", "corpus"), ("ctx", "context"), ("device", "device"),
             ("dtype", "dtype"), ("sink", "sink"), ("recent", "recent"),
             ("skip_first", "skip first"), ("seed", "seed"),
-        )
-        if key in flat
-    ]  # fmt: skip
+        ],
+    )  # fmt: skip
     windows = config.get("n_windows")
     if isinstance(windows, dict):
         parts.append(

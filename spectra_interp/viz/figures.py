@@ -21,6 +21,8 @@ from spectra_interp.stats.criteria import Criteria
 TEMPLATE = "plotly_white"
 NEGATIVE = "#c0392b"
 POSITIVE = "#2e6da4"
+# The two per-query quantities, drawn in the same colours in every figure that shows both.
+QNORM_COLOR, ENTROPY_COLOR = POSITIVE, "#16a085"
 CONTROL_COLORS = {"trained": "#34495e", "permutation": "#e67e22", "random init": "#8e44ad"}
 
 
@@ -281,7 +283,7 @@ def position_figure(profile: pd.DataFrame, title: str = "") -> go.Figure:
     t = position_traces(profile)
     fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.08)
     band = {"mode": "lines", "line": {"width": 0}, "showlegend": False, "hoverinfo": "skip"}
-    for row, base, color, name in ((1, 0, "#2e6da4", "‖q‖"), (2, 3, "#16a085", "H")):
+    for row, base, color, name in ((1, 0, QNORM_COLOR, "‖q‖"), (2, 3, ENTROPY_COLOR, "H")):
         fig.add_trace(go.Scatter(**t[base], **band), row=row, col=1)
         fig.add_trace(
             go.Scatter(**t[base + 1], **band, fill="tonexty", fillcolor=_fade(color)),
@@ -762,7 +764,10 @@ def token_figure(
         raise ValueError(f"{len(token_strs)} tokens, {len(qnorm)} ‖q‖, {len(entropy)} H values.")
     labels = [f"{i}:{t.replace(chr(10), '⏎')}" for i, t in enumerate(token_strs)]
     fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.08)
-    for row, values, color, name in ((1, qnorm, "#2e6da4", "‖q‖"), (2, entropy, "#16a085", "H")):
+    for row, values, color, name in (
+        (1, qnorm, QNORM_COLOR, "‖q‖"),
+        (2, entropy, ENTROPY_COLOR, "H"),
+    ):
         fig.add_trace(
             go.Scatter(
                 x=labels,

@@ -21,6 +21,7 @@ import plotly.graph_objects as go
 from markupsafe import Markup
 from plotly.offline import get_plotlyjs
 
+from spectra_interp.config import BudgetConfig
 from spectra_interp.results import Results, load_results
 from spectra_interp.results.load import AttentionSample
 from spectra_interp.results.store import write_text
@@ -173,8 +174,7 @@ def phase2_links(results: Results) -> list[dict[str, str]]:
     model = str(flat_config(results.config).get("model", ""))
     if not model:
         return []
-    name = Path(model.replace("/", "_").replace(":", "-")).name
-    found = sorted(results.path.parent.glob(f"adaptive-{name}-ctx*/report.html"))
+    found = sorted(results.path.parent.glob(f"{BudgetConfig.folder_name(model, '*')}/report.html"))
     return [{"name": p.parent.name, "href": f"../{p.parent.name}/report.html"} for p in found]
 
 
@@ -382,6 +382,16 @@ def flat_config(config: dict) -> dict:
     return flat
 
 
+def labelled(flat: dict, keys: list[tuple[str, str]]) -> list[str]:
+    """`<b>label</b> value` for each (key, label) whose key the flat config holds as a scalar:
+    the parts of a page's run line."""
+    return [
+        f"<b>{html.escape(label)}</b> {html.escape(_fmt(flat[k]))}"
+        for k, label in keys
+        if k in flat and not isinstance(flat[k], dict | list)
+    ]
+
+
 def run_line(config: dict, results: Results) -> str:
     """model · corpus · context · windows · device ... from config.json, whatever it has."""
     config = flat_config(config)
@@ -398,11 +408,7 @@ def run_line(config: dict, results: Results) -> str:
         ("skip_first", "skip first"),
         ("seed", "seed"),
     ]
-    parts = [
-        f"<b>{html.escape(label)}</b> {html.escape(_fmt(config[k]))}"
-        for k, label in keys
-        if k in config and not isinstance(config[k], dict | list)
-    ]
+    parts = labelled(config, keys)
     if isinstance(config.get("controls"), list):
         parts.append(f"<b>controls</b> {html.escape(', '.join(map(str, config['controls'])))}")
     commit = config.get("git_commit") or config.get("commit")
@@ -462,7 +468,8 @@ def template_environment() -> jinja2.Environment:
 
 
 def asset(name: str) -> Markup:
-    return Markup(template_environment().loader.get_source(template_environment(), name)[0])
+    env = template_environment()
+    return Markup(env.loader.get_source(env, name)[0])
 
 
 def report_html(results: Results) -> str:

@@ -278,3 +278,23 @@ def test_report_in_headless_chromium(smollm2_sized):
         page.screenshot(path=str(ARTIFACTS / "report.png"), full_page=True)
     assert seen.errors == [], f"console errors: {seen.errors}"
     assert set(seen.requests) == {url}, f"requests beyond the file: {set(seen.requests) - {url}}"
+
+
+def test_phase2_reports_of_the_same_model_are_linked(small, tmp_path):
+    from dataclasses import replace
+
+    sweep = tmp_path / "smollm2-135m-ctx1536"
+    for name in (
+        "adaptive-smollm2-135m-ctx512",
+        "adaptive-smollm2-135m-ctx1024",
+        "adaptive-gpt2-ctx512",
+    ):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "report.html").write_text("<html></html>")
+    results = replace(report.load_results(small), path=sweep, config={"model": "smollm2-135m"})
+    links = report.phase2_links(results)
+    assert [link["name"] for link in links] == [
+        "adaptive-smollm2-135m-ctx1024",
+        "adaptive-smollm2-135m-ctx512",
+    ]
+    assert links[0]["href"] == "../adaptive-smollm2-135m-ctx1024/report.html"
