@@ -11,6 +11,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from spectra_interp import settings
@@ -56,8 +57,31 @@ SWEEP_HELP = (
 def sweep_command(argv: Sequence[str], prog: str = "spectra sweep") -> int:
     from spectra_interp.sweep import run_sweep
 
-    run_sweep(config_from_argv(SweepConfig, argv, prog, SWEEP_HELP))
+    config = config_from_argv(SweepConfig, argv, prog, SWEEP_HELP)
+    report_after(config, run_sweep(config))
     return 0
+
+
+def report_after(config: SweepConfig | BudgetConfig, results_dir: Path) -> None:
+    """The run's report, built from its finished folder by the process that merged it (rank 0),
+    unless --no-report."""
+    from spectra_interp.distributed import is_main_process
+
+    if config.report and is_main_process():
+        print(f"Report: {build_report(results_dir)}")
+
+
+def build_report(results_dir: str | Path) -> Path:
+    """report.html of a finished folder, Phase 1 or Phase 2."""
+    from spectra_interp.results.layout import BudgetLayout
+
+    if BudgetLayout.holds(results_dir):
+        from spectra_interp.viz.budget_report import build_budget_report
+
+        return build_budget_report(results_dir)
+    from spectra_interp.viz.report import build_report as build_sweep_report
+
+    return build_sweep_report(results_dir)
 
 
 def experiment_command(argv: Sequence[str], prog: str = "spectra experiment") -> int:
@@ -66,7 +90,7 @@ def experiment_command(argv: Sequence[str], prog: str = "spectra experiment") ->
 
     config = config_from_argv(SweepConfig, argv, prog, SWEEP_HELP, preset=PHASE1_PRESET)
     check_experiment_ready(config)
-    run_sweep(config)
+    report_after(config, run_sweep(config))
     return 0
 
 
@@ -98,15 +122,6 @@ def visualize_command(argv: Sequence[str], prog: str = "spectra visualize") -> i
         "results_dir", help="a results folder written by a sweep (or by `spectra budget`)"
     )
     args = parser.parse_args(list(argv))
-    from spectra_interp.results.layout import BudgetLayout
-
-    if BudgetLayout.holds(args.results_dir):
-        from spectra_interp.viz.budget_report import build_budget_report
-
-        print(f"Report: {build_budget_report(args.results_dir)}")
-        return 0
-    from spectra_interp.viz.report import build_report
-
     print(f"Report: {build_report(args.results_dir)}")
     return 0
 
@@ -121,7 +136,8 @@ BUDGET_HELP = (
 def budget_command(argv: Sequence[str], prog: str = "spectra budget") -> int:
     from spectra_interp.budget import run_budget
 
-    run_budget(config_from_argv(BudgetConfig, argv, prog, BUDGET_HELP))
+    config = config_from_argv(BudgetConfig, argv, prog, BUDGET_HELP)
+    report_after(config, run_budget(config))
     return 0
 
 

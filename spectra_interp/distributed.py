@@ -90,6 +90,11 @@ class Dist:
 T = TypeVar("T")
 
 
+def is_main_process() -> bool:
+    """Whether this process is rank 0 of torchrun (or the only process), from its environment."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def run_distributed(config: Any, body: Callable[[Dist], T]) -> T:
     """Run `body` as this process's part of a run (torchrun's rank, or the only process), and
     always leave the process group."""

@@ -13,7 +13,7 @@ from spectra_interp.distributed import Dist
 from spectra_interp.metrics import attention_entropy, query_extras, visible_keys
 from spectra_interp.results import store
 from spectra_interp.results.layout import SweepLayout
-from spectra_interp.sweep import _config_record, finalize, window_positions, window_record
+from spectra_interp.sweep import config_record, finalize, window_positions, window_record
 
 SYNTHETIC_KEYS = 32
 WORDS = ["The", " quick", " brown", " fox", " jumps", " over", " the", " lazy", " dog", "."]
@@ -129,11 +129,11 @@ def make_fake_results(
             extras = synthetic_extras(qnorm, window_positions(config, wid), config, rng)
             record = window_record(qnorm, entropy, n_keys, config, wid, extras)
             store.write_shard(layout, label, wid, **record)
-    record = _config_record(config, Dist())
+    record = config_record(config, Dist())
     record["n_windows"] = n_windows
     record["environment"] = {"device": "cpu", "dtype": "float32", "git_commit": "0123456789abcdef"}
     store.write_json(layout.config, record)
     slices = attention_slices(n_layers, n_heads, min(excerpt, ctx), rng)
     store.write_npz(layout.attention, **slices)
-    finalize(layout, config, timings={}, log=lambda *_: None)
+    store.write_json(layout.summary, finalize(layout, config, {}, log=lambda *_: None).to_json())
     return layout.root

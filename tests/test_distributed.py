@@ -152,7 +152,7 @@ def test_shards_of_ranks_on_other_machines_reach_rank_0(tmp_path):
 
 def test_own_shards_deal_every_shard_of_every_stage_to_exactly_one_rank(tmp_path):
     from spectra_interp.distributed import Dist
-    from spectra_interp.sweep import own_shards
+    from spectra_interp.runner import own_shards
 
     layout = SweepLayout(tmp_path)
     ids = np.array([3, 5, 8, 13, 21])

@@ -14,8 +14,9 @@ from sweep_helpers import ROOT, run_sweep_cli, sweep_cmd
 from spectra_interp.config import SweepConfig
 from spectra_interp.results import store
 from spectra_interp.results.layout import SweepLayout
+from spectra_interp.runner import blocks
 from spectra_interp.stats.columns import HEAD_COLUMNS
-from spectra_interp.sweep import blocks, control_source, strongest_heads
+from spectra_interp.sweep import control_source, strongest_heads
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ from spectra_interp.budget.arms import ARMS, BOUND, CONTROL, DENSE, PROPOSAL, RI
 from spectra_interp.budget.rules import Rules, coefficients, fit_r2
 from spectra_interp.config import BUDGET_TOLERANCE
 from spectra_interp.stats.clusters import Clusters
-from spectra_interp.stats.inference import bootstrap_ci, jackknife
+from spectra_interp.stats.inference import bootstrap_ci, jackknife, jackknife_se
 
 # The columns of budget_curves.csv and per_head.csv with their meanings (the README's tables).
 CURVE_COLUMNS: dict[str, str] = {
@@ -135,7 +135,7 @@ def paired_test(
     g = stats.shape[0]
     out = {"kl_diff": float(diff), "se": np.nan, "t": np.nan, "df": g - 1, "p_one_sided": np.nan}
     if g >= 3:
-        se = float(np.sqrt((g - 1) / g * ((loo - loo.mean()) ** 2).sum()))
+        se = float(jackknife_se(loo))
         out["se"] = se
         if se > 0:
             out["t"] = float(diff) / se

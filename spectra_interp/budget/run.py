@@ -16,7 +16,8 @@ Rank 0 then merges the masked shards into the curves, the per-head table and the
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,21 +42,12 @@ from spectra_interp.budget.plan import Geometry, make_plan, reference_budget
 from spectra_interp.budget.rules import Rules
 from spectra_interp.config import BudgetConfig
 from spectra_interp.corpus import Windows
-from spectra_interp.distributed import Dist, run_distributed
 from spectra_interp.errors import SpectraError
 from spectra_interp.models.architecture import layer_windows
 from spectra_interp.results import store
 from spectra_interp.results.layout import BUDGET_SCHEMA_VERSION, BudgetLayout
+from spectra_interp.runner import Log, Run, Stage, release_memory, run_experiment, run_record
 from spectra_interp.stats.clusters import DOCUMENT, Clusters
-from spectra_interp.sweep import (
-    Block,
-    Log,
-    check_context,
-    own_shards,
-    release_memory,
-    run_blocks,
-    run_record,
-)
 
 CAL, EVAL, MASKED = BudgetLayout.CALIBRATION, BudgetLayout.EVALUATION, BudgetLayout.MASKED
 QUESTION = (
@@ -79,148 +71,77 @@ def estimate_bytes(config: BudgetConfig, n_layers: int, n_heads: int) -> int:
 
 def run_budget(config: BudgetConfig, *, log: Log = print) -> Path:
     """Run (or resume, or join) the Phase 2 experiment of `config`; returns the results folder."""
-    return run_distributed(config, lambda dist: _run(config, dist, log))
+    return run_experiment(Budget(config), log=log)
 
 
-Compute = Callable[[torch.Tensor, list[int]], list[dict[str, np.ndarray]]]
+@dataclass
+class Budget:
+    """Phase 2 as an experiment: dense stages of the calibration and evaluation windows, the
+    plan (rank 0, once, `plan.npz`), the masked stage of every arm and budget, the merge."""
 
+    config: BudgetConfig
+    layout: BudgetLayout = field(init=False)
+    resume_stage: str = MASKED
+    geometry: Geometry | None = None
+    splits: dict[str, Windows] = field(default_factory=dict)
+    plan: dict[str, np.ndarray] = field(default_factory=dict)
 
-def _stage(
-    stage: str,
-    windows: Windows,
-    config: BudgetConfig,
-    layout: BudgetLayout,
-    dist: Dist,
-    log: Log,
-    compute: Compute,
-    device: torch.device,
-) -> dict[str, float]:
-    """One stage over this rank's blocks (claimed, resumable; see `sweep.run_blocks`):
-    `compute(tokens, window_ids)` gives each window's shard."""
-    window_ids = windows.meta["window_id"].to_numpy()
+    def __post_init__(self) -> None:
+        self.layout = BudgetLayout(self.config.out_dir)
 
-    def block_shards(block: Block) -> int:
-        ids = [int(window_ids[row]) for row in block.rows]
-        tokens = torch.from_numpy(windows.tokens[block.rows]).to(device)
-        for wid, record in zip(ids, compute(tokens, ids), strict=True):
-            store.write_shard(layout, stage, wid, **record)
-        return int(windows.tokens[block.rows].size)
-
-    return run_blocks(
-        stage, window_ids, config.batch_size, layout, dist, block_shards, config.progress, log
-    )
-
-
-def _run(config: BudgetConfig, dist: Dist, log: Log) -> Path:
-    layout = BudgetLayout(config.out_dir)
-    device = models.pick_device(dist.device_for(config.device))
-    dtype = models.pick_dtype(config.dtype, device)
-    hf_config = models.load_config(config.model)
-    check_context(config, hf_config)
-    geometry = Geometry(layer_windows(hf_config, hf_config.num_hidden_layers), config)
-    arms.check_budgets(config.budgets, geometry.floor, config.sink, config.recent)
-    if dist.rank == 0:
+    def disk_bytes(self, hf_config: Any) -> int:
+        config = self.config
+        self.geometry = Geometry(layer_windows(hf_config, hf_config.num_hidden_layers), config)
+        arms.check_budgets(config.budgets, self.geometry.floor, config.sink, config.recent)
         heads = hf_config.num_attention_heads
-        store.check_writable(
-            layout.root, estimate_bytes(config, hf_config.num_hidden_layers, heads)
-        )
-        if store.prepare_folder(layout, config.identity(), config.overwrite):
-            log(f"Resuming {layout.root}: {len(layout.done_windows(MASKED))} windows already done.")
-        else:
-            store.write_json(layout.config, _config_record(config, dist))
-    dist.barrier()
-    tokenizer = models.load_tokenizer(config.model)
-    splits = prepare_splits(config, layout, tokenizer, write=dist.rank == 0)
-    dist.barrier()
-    model = models.load_model(
-        config.model, device=str(device), dtype=dtype, seed=config.seed,
-        device_map=config.device_map,
-    )  # fmt: skip
-    if dist.rank == 0:
-        store.write_json(layout.config, _config_record(config, dist, device, dtype, splits, model))
-    start = time.perf_counter()
-    where = torch.device(model.cfg.device)  # the input's device (the first, with --device-map)
-    plan, timings = _stages(model, config, layout, dist, splits, geometry, where, log)
-    timings["total_seconds"] = round(time.perf_counter() - start, 1)
-    del model
-    release_memory(device)
-    dist.barrier()
-    _share_stage(dist, layout, splits, config, (MASKED,))
-    if dist.rank == 0:
-        finalize(layout, config, splits, plan, timings, log)
-    return layout.root
+        return estimate_bytes(config, hf_config.num_hidden_layers, heads)
+
+    def record(self, run: Run, model: Any = None) -> dict[str, Any]:
+        if model is None:
+            return config_record(self.config, run.dist)
+        return config_record(self.config, run.dist, run.device, run.dtype, self.splits, model)
+
+    def prepare(self, run: Run, tokenizer: Any) -> None:
+        self.splits = prepare_splits(self.config, self.layout, tokenizer, write=run.main)
+
+    def stages(self, run: Run) -> Iterator[Stage]:
+        config, layout, geometry = self.config, self.layout, self.geometry
+        assert geometry is not None, "disk_bytes() reads the geometry before the stages"
+        model = run.load_model(config.model, config.seed, config.device_map)
+        if run.main:
+            store.write_json(layout.config, self.record(run, model))
+        start = time.perf_counter()
+        where = torch.device(model.cfg.device)  # the input's device (the first, with --device-map)
+
+        def calibration(tokens: torch.Tensor, ids: list[int], model: Any = model) -> list[dict]:
+            return calibration_block(model, tokens.to(where), config)
+
+        def evaluation(tokens: torch.Tensor, ids: list[int], model: Any = model) -> list[dict]:
+            return evaluation_block(model, tokens.to(where), config)
+
+        def masked(tokens: torch.Tensor, ids: list[int], model: Any = model) -> list[dict]:
+            return masked_block(model, tokens.to(where), ids, self.plan, layout, geometry, config)
+
+        yield Stage(CAL, self.splits[CAL], calibration)
+        yield Stage(EVAL, self.splits[EVAL], evaluation)
+        if run.main and not layout.plan.exists():
+            store.write_npz(layout.plan, **make_plan(config, layout, self.splits, geometry, where))
+        run.dist.barrier()
+        run.share_files([layout.PLAN])
+        with np.load(layout.plan) as z:
+            self.plan = {k: z[k] for k in z.files}
+        yield Stage(MASKED, self.splits[EVAL], masked)
+        run.timings["total_seconds"] = round(time.perf_counter() - start, 1)
+        del model, calibration, evaluation, masked
+        release_memory(run.device)
+
+    def merge(self, run: Run) -> RecordedSummary:
+        return finalize(self.layout, self.config, self.splits, self.plan, run.timings, run.log)
 
 
-def _stages(
-    model: Any,
+def config_record(
     config: BudgetConfig,
-    layout: BudgetLayout,
-    dist: Dist,
-    splits: dict[str, Windows],
-    geometry: Geometry,
-    device: torch.device,
-    log: Log,
-) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """The dense stages, the plan, the masked stage: returns the plan and the timings."""
-
-    def calibration(tokens: torch.Tensor, ids: list[int]) -> list[dict]:
-        return calibration_block(model, tokens, config)
-
-    def evaluation(tokens: torch.Tensor, ids: list[int]) -> list[dict]:
-        return evaluation_block(model, tokens, config)
-
-    def masked(tokens: torch.Tensor, ids: list[int]) -> list[dict]:
-        return masked_block(model, tokens, ids, plan, layout, geometry, config)
-
-    timings = {
-        CAL: _stage(CAL, splits[CAL], config, layout, dist, log, calibration, device),
-        EVAL: _stage(EVAL, splits[EVAL], config, layout, dist, log, evaluation, device),
-    }
-    dist.barrier()
-    _share_stage(dist, layout, splits, config, (CAL, EVAL))
-    if dist.rank == 0 and not layout.plan.exists():
-        store.write_npz(layout.plan, **make_plan(config, layout, splits, geometry, device))
-    dist.barrier()
-    _share_files(dist, layout, [layout.PLAN])
-    with np.load(layout.plan) as z:
-        plan = {k: z[k] for k in z.files}
-    timings[MASKED] = _stage(MASKED, splits[EVAL], config, layout, dist, log, masked, device)
-    return plan, timings
-
-
-def _share_stage(
-    dist: Dist,
-    layout: BudgetLayout,
-    splits: dict[str, Windows],
-    config: BudgetConfig,
-    stages: tuple,
-) -> None:
-    """Ranks on other machines send their shards of `stages` to rank 0."""
-    if dist.on_one_host():
-        return
-    mine = []
-    for stage in stages:
-        ids = splits[CAL if stage == CAL else EVAL].meta["window_id"].to_numpy()
-        mine += own_shards(ids, [stage], config.batch_size, layout, dist)
-    dist.collect_files(layout.root, mine)
-
-
-def _share_files(dist: Dist, layout: BudgetLayout, names: list[str]) -> None:
-    """Rank 0's copies of `names` to every rank on another machine."""
-    if dist.on_one_host():
-        return
-    import torch.distributed as torch_dist
-
-    payload = [{n: layout.path(n).read_bytes() for n in names} if dist.rank == 0 else None]
-    torch_dist.broadcast_object_list(payload, src=0)
-    if dist.rank != 0:
-        for name, data in payload[0].items():
-            store.write_bytes_atomic(layout.path(name), data)
-
-
-def _config_record(
-    config: BudgetConfig,
-    dist: Dist,
+    dist: Any,
     device: torch.device | None = None,
     dtype: torch.dtype | None = None,
     splits: dict[str, Windows] | None = None,
@@ -240,6 +161,16 @@ def _config_record(
             f"blocks of {mask.QUERY_BLOCK} queries"
         )
     return record
+
+
+@dataclass(frozen=True)
+class RecordedSummary:
+    """Phase 2's summary.json as `finalize` shapes it (NaN and infinity written as null)."""
+
+    record: dict[str, Any]
+
+    def to_json(self) -> dict[str, Any]:
+        return _json_ready(self.record)
 
 
 # --- the merge -------------------------------------------------------------------------------
@@ -270,8 +201,9 @@ def finalize(
     plan: dict[str, np.ndarray],
     timings: dict[str, Any],
     log: Log,
-) -> None:
-    """Merge the masked shards into budget_curves.csv, per_head.csv, summary.json and the report."""
+) -> RecordedSummary:
+    """Merge the masked shards into budget_curves.csv and per_head.csv; returns the summary
+    (the engine writes it as summary.json)."""
     meta = splits[EVAL].meta
     clusters = Clusters(pd.factorize(document_names(meta))[0].astype(np.int64), DOCUMENT)
     budgets = tuple(float(b) for b in plan["budgets"])
@@ -329,17 +261,12 @@ def finalize(
     store.write_csv(
         layout.per_head, per_head_table(masked, budgets, Rules.from_arrays(plan), plan["log_scale"])
     )
-    store.write_json(layout.summary, _json_ready(summary))
     log(curves.round(4).to_string(index=False))
     log(f"Verdict: {text}")
     if not met["met"]:
         worst, tolerance = met["worst_abs_error"], met["tolerance"]
         log(f"Warning: an arm missed its budget by {worst:.3f} (tolerance {tolerance}).")
-    if config.report:
-        from spectra_interp.viz.budget_report import build_budget_report
-
-        log(f"Report: {build_budget_report(layout.root)}")
-    log(f"Results: {layout.root}")
+    return RecordedSummary(summary)
 
 
 def _json_ready(value: Any) -> Any:

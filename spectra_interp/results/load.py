@@ -18,6 +18,7 @@ from spectra_interp.stats.beyond import SampleArrays
 from spectra_interp.stats.criteria import Criteria
 from spectra_interp.stats.moments import STATS_VERSION
 from spectra_interp.stats.sample import sample_frame
+from spectra_interp.stats.verdict import Verdict
 
 SAMPLE_PREFIX = "sample_"
 
@@ -101,7 +102,7 @@ class Results:
     path: Path
     head_stats: pd.DataFrame
     config: dict = field(default_factory=dict)
-    summary: dict = field(default_factory=dict)
+    summary: Verdict | None = None
     token_sample: pd.DataFrame | None = None
     attention: AttentionSample | None = None
     alpha_response: pd.DataFrame | None = None
@@ -113,7 +114,7 @@ class Results:
     @property
     def criteria(self) -> Criteria:
         """The pass rule the run recorded (the defaults for a folder that recorded none)."""
-        return Criteria.from_summary(self.summary)
+        return Criteria() if self.summary is None else self.summary.thresholds
 
     @property
     def settings(self) -> dict:
@@ -151,6 +152,12 @@ def read_json_object(path: Path) -> dict:
     return value if isinstance(value, dict) else {"value": value}
 
 
+def read_summary(path: Path) -> Verdict | None:
+    """summary.json as a `Verdict` (None when the folder has none)."""
+    recorded = read_json_object(path)
+    return Verdict.from_json(recorded) if recorded else None
+
+
 def _attention(path: Path) -> AttentionSample | None:
     if not path.is_file():
         return None
@@ -182,7 +189,7 @@ def load_results(results_dir: str | Path) -> Results:
         path=layout.root,
         head_stats=table,
         config=read_json_object(layout.config),
-        summary=read_json_object(layout.summary),
+        summary=read_summary(layout.summary),
         token_sample=sample,
         attention=_attention(layout.attention),
         alpha_response=(

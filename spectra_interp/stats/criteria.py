@@ -1,20 +1,17 @@
 """The pass rule of Phase 1, one object: what makes a head pass and the run's criteria met.
 
 The verdict, the head table's `passes` column, the report and the figures all read it; a run
-records it in config.json and summary.json, and `Criteria.from_summary` reads it back.
+records it in config.json and summary.json (`Verdict.thresholds`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 
 from spectra_interp.settings import check_all, open_fraction, setting
-
-SUMMARY_KEY = "thresholds"
 
 
 @dataclass(frozen=True)
@@ -56,9 +53,3 @@ class Criteria:
 
     def to_dict(self) -> dict[str, float]:
         return asdict(self)
-
-    @classmethod
-    def from_summary(cls, summary: Mapping[str, Any]) -> Criteria:
-        """The criteria a run recorded in summary.json (defaults where it recorded none)."""
-        recorded = summary.get(SUMMARY_KEY) or {}
-        return cls(**{k: v for k, v in recorded.items() if k in cls.__dataclass_fields__})

@@ -7,17 +7,18 @@ delta R^2 and anything else computed from mergeable sums.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import numpy as np
 from jaxtyping import Float
 from scipy import stats as sps
 
 from spectra_interp.errors import SpectraError
-from spectra_interp.stats.moments import R_XY_MOMENTS, r_xy
+from spectra_interp.stats.moments import R_XY_MOMENTS, Seed, r_xy
 
 Statistic = Callable[[np.ndarray], np.ndarray]
-Seed = int | Sequence[int]
+# The level of every confidence interval the project reports (bootstrap intervals, labels).
+CI_LEVEL = 0.95
 
 
 def naive_p_value(r: np.ndarray, n: np.ndarray) -> np.ndarray:
@@ -43,6 +44,13 @@ def jackknife(
     s = np.asarray(stats, dtype=np.float64)
     total = s.sum(0)
     return statistic(total), statistic(total[None] - s)
+
+
+def jackknife_se(loo: Float[np.ndarray, "cluster ..."]) -> np.ndarray:
+    """The delete-one-cluster jackknife standard error from the leave-one-out values:
+    se^2 = (C-1)/C * sum_i (x_i - mean x)^2 over the C clusters (Efron & Stein's variance)."""
+    n_clusters = loo.shape[0]
+    return np.sqrt((n_clusters - 1) / n_clusters * ((loo - loo.mean(0)) ** 2).sum(0))
 
 
 def jackknife_p_value(
@@ -71,7 +79,7 @@ def jackknife_p_value(
         return nan, nan
     z_loo = fisher_z(r_loo)
     with np.errstate(invalid="ignore", divide="ignore"):
-        se = np.sqrt((n_clusters - 1) / n_clusters * ((z_loo - z_loo.mean(0)) ** 2).sum(0))
+        se = jackknife_se(z_loo)
         t = fisher_z(r) / se
         p = 2 * sps.t.sf(np.abs(t), n_clusters - 1)
     return np.where(np.isfinite(r), p, np.nan), se
@@ -83,7 +91,7 @@ def bootstrap_ci(
     *,
     n_boot: int = 1000,
     seed: Seed = 0,
-    level: float = 0.95,
+    level: float = CI_LEVEL,
     chunk: int = 100,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Percentile CI of a statistic of summed columns, resampling whole clusters.
@@ -125,7 +133,7 @@ def r_bootstrap_ci(
     *,
     n_boot: int = 1000,
     seed: Seed = 0,
-    level: float = 0.95,
+    level: float = CI_LEVEL,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Cluster bootstrap percentile CI of r(‖q‖, H)."""
     s = np.asarray(stats, dtype=np.float64)[..., R_XY_MOMENTS]

@@ -12,6 +12,7 @@ from spectra_interp.stats.clusters import Clusters
 from spectra_interp.stats.columns import HEAD_COLUMNS
 from spectra_interp.stats.criteria import Criteria
 from spectra_interp.stats.inference import (
+    CI_LEVEL,
     bootstrap_ci,
     fdr_q_values,
     jackknife_p_value,
@@ -43,7 +44,7 @@ def head_table(
     n_boot: int = 1000,
     seed: int = 0,
     criteria: Criteria | None = None,
-    ci_level: float = 0.95,
+    ci_level: float = CI_LEVEL,
 ) -> pd.DataFrame:
     """One row per (layer, head) from per-window statistics stacked as ``[window, layer, head,
     moment]`` (a list of per-window arrays works too); the columns are `HEAD_COLUMNS`.

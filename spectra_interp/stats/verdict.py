@@ -1,35 +1,361 @@
-"""The verdict: a head table summarised against the seed's success criteria, as JSON and text."""
+"""The verdict: a head table summarised against the seed's success criteria, as a typed record
+(`Verdict`, written as summary.json with `to_json` and read back with `from_json`) and as text.
+
+`verdict` computes the head masks and numbers (`_counts`, `_per_layer`, `_checks`,
+`_controls`, `beyond_r`) and shapes them into the record; the text is read off its attributes.
+"""
 
 from __future__ import annotations
 
-import math
+from dataclasses import dataclass, field
+from typing import Any
 
 import pandas as pd
 
 from spectra_interp.errors import SpectraError
-from spectra_interp.stats.criteria import SUMMARY_KEY, Criteria
+from spectra_interp.records import finite_or_none, from_json, to_json
+from spectra_interp.stats.criteria import Criteria
+from spectra_interp.stats.inference import CI_LEVEL
+
+HYPOTHESIS = "H1: corr(‖q‖, attention entropy) < 0 per head"
+BEST_SHOWN = 5
 
 
-def _num(v: float) -> float | None:
-    """A JSON-safe float: NaN becomes None."""
-    v = float(v)
-    return v if math.isfinite(v) else None
+# --- the record ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Passing:
+    """Heads that pass the rule, by the sign of their r."""
+
+    total: int
+    negative: int
+    positive: int
+    share_of_heads: float
+    share_negative: float | None
+
+
+@dataclass(frozen=True)
+class LayerRow:
+    """One layer: its heads, those passing by sign, and its r over heads."""
+
+    layer: int
+    heads: int
+    passing: int
+    negative: int
+    positive: int
+    mean_r: float | None
+    min_r: float | None
+    max_r: float | None
+
+
+@dataclass(frozen=True)
+class ShareCriterion:
+    """A criterion on the share of heads (effect size)."""
+
+    description: str
+    met: bool
+    heads: int
+    share: float
+    required_share: float
+
+
+@dataclass(frozen=True)
+class SignificanceCriterion(ShareCriterion):
+    """The effect-size heads that also survive the correction."""
+
+    strong_heads_not_significant: int
+    max_q_of_passing: float | None
+
+
+@dataclass(frozen=True)
+class RandomizationCriterion:
+    """The mean permuted r within its tolerance of 0."""
+
+    description: str
+    met: bool
+    column: str
+    mean_perm_r: float | None
+    tolerance: float
+
+
+@dataclass(frozen=True)
+class Checks:
+    """The seed's three success criteria."""
+
+    effect_size: ShareCriterion
+    significance: SignificanceCriterion
+    randomization_control: RandomizationCriterion
+
+    def items(self) -> list[tuple[str, ShareCriterion | RandomizationCriterion]]:
+        return [
+            ("effect_size", self.effect_size),
+            ("significance", self.significance),
+            ("randomization_control", self.randomization_control),
+        ]
+
+
+@dataclass(frozen=True)
+class RandomInitControl:
+    available: bool
+    mean_r: float | None
+    mean_abs_r: float | None
+    max_abs_r: float | None
+    heads_abs_r_ge_threshold: int
+
+
+@dataclass(frozen=True)
+class PositionControl:
+    mean_abs_r: float | None
+    mean_abs_partial_r: float | None
+    mean_abs_r_passing: float | None
+    mean_abs_partial_r_passing: float | None
+
+
+@dataclass(frozen=True)
+class WithinWindowControl:
+    mean_abs_r: float | None
+    mean_abs_within_window_r: float | None
+
+
+@dataclass(frozen=True)
+class Controls:
+    """The controls' numbers (reported, not criteria). `randomization` holds
+    `{mean, mean_abs, max_abs}_{perm_r, perm_r_within}` for the columns the table has."""
+
+    randomization: dict[str, float | None]
+    random_init: RandomInitControl
+    position: PositionControl
+    within_window: WithinWindowControl
+
+
+@dataclass(frozen=True)
+class DeltaR2:
+    heads_ci_excludes_0: int
+    heads_ci_below_0: int
+    heads_ci_above_0: int
+    share: float
+    median: float | None
+    median_abs: float | None
+
+
+@dataclass(frozen=True)
+class TemperatureShare:
+    q25: float | None
+    median: float | None
+    q75: float | None
+    heads: int
+
+
+@dataclass(frozen=True)
+class AurocHead:
+    layer: int
+    head: int
+    auroc_low_entropy: float | None
+    pearson_r: float | None
+    delta_r2: float | None
+
+
+@dataclass(frozen=True)
+class BeyondR:
+    """The second question: what ‖q‖ adds beyond position and beyond rescaling."""
+
+    question: str
+    delta_r2: DeltaR2
+    temperature_share: TemperatureShare
+    best_auroc_heads: list[AurocHead]
+    finding: str
+
+
+@dataclass(frozen=True)
+class RunFacts:
+    """What the run was: model, corpus, windows, clusters, controls, seed, timings."""
+
+    model: str
+    corpus: str
+    ctx: int
+    n_windows: int
+    n_documents: int
+    cluster_unit: str
+    n_clusters: int
+    skip_first: int
+    controls: list[str]
+    seed: int
+    timings: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """summary.json of a Phase 1 run (its keys are these fields, in this order)."""
+
+    hypothesis: str
+    thresholds: Criteria
+    heads_total: int
+    heads_with_r: int
+    passing: Passing
+    per_layer: list[LayerRow]
+    controls: Controls
+    criteria: Checks
+    all_criteria_met: bool
+    beyond_r: BeyondR | None = None
+    run: RunFacts | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return to_json(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Verdict:
+        """A summary.json read back (the defaults for a folder that recorded no thresholds)."""
+        return from_json(cls, {"thresholds": {}, **data}, "summary.json")
+
+    def text(self) -> str:
+        return verdict_text(self)
+
+
+# --- computing -------------------------------------------------------------------------------
 
 
 def _mean(a: pd.Series) -> float | None:
     a = a.dropna()
-    return _num(a.mean()) if len(a) else None
+    return finite_or_none(a.mean()) if len(a) else None
 
 
 def _max(a: pd.Series) -> float | None:
     a = a.dropna()
-    return _num(a.max()) if len(a) else None
+    return finite_or_none(a.max()) if len(a) else None
+
+
+@dataclass(frozen=True)
+class _Masks:
+    """Per head: |r| reaches the threshold; passes the rule; passes with r < 0 / r > 0."""
+
+    strong: pd.Series
+    passing: pd.Series
+    negative: pd.Series
+    positive: pd.Series
+
+
+def _masks(table: pd.DataFrame, criteria: Criteria) -> _Masks:
+    r = table["pearson_r"]
+    strong = pd.Series(criteria.strong(r), index=table.index)
+    passing = pd.Series(criteria.passes(r, table["q_fdr"]), index=table.index)
+    return _Masks(strong, passing, passing & (r < 0), passing & (r > 0))
+
+
+def _counts(m: _Masks, total: int) -> Passing:
+    n_pass = int(m.passing.sum())
+    return Passing(
+        total=n_pass,
+        negative=int(m.negative.sum()),
+        positive=int(m.positive.sum()),
+        share_of_heads=n_pass / total if total else 0.0,
+        share_negative=int(m.negative.sum()) / n_pass if n_pass else None,
+    )
+
+
+def _per_layer(table: pd.DataFrame, m: _Masks) -> list[LayerRow]:
+    rows = []
+    for layer, g in table.groupby("layer", sort=True):
+        idx = g.index
+        rows.append(
+            LayerRow(
+                layer=int(layer),
+                heads=len(g),
+                passing=int(m.passing[idx].sum()),
+                negative=int(m.negative[idx].sum()),
+                positive=int(m.positive[idx].sum()),
+                mean_r=_mean(g["pearson_r"]),
+                min_r=finite_or_none(g["pearson_r"].min()),
+                max_r=finite_or_none(g["pearson_r"].max()),
+            )
+        )
+    return rows
+
+
+def _checks(table: pd.DataFrame, m: _Masks, criteria: Criteria, perm_column: str) -> Checks:
+    total, n_pass = len(table), int(m.passing.sum())
+    min_share, alpha = criteria.min_share, criteria.fdr
+    strong_share = float(m.strong.sum()) / total if total else 0.0
+    pass_share = n_pass / total if total else 0.0
+    perm_mean = _mean(table[perm_column])
+    return Checks(
+        effect_size=ShareCriterion(
+            description=f"|r| >= {criteria.r_threshold} in at least {min_share:.0%} of heads",
+            met=bool(strong_share >= min_share and m.strong.any()),
+            heads=int(m.strong.sum()),
+            share=strong_share,
+            required_share=min_share,
+        ),
+        significance=SignificanceCriterion(
+            description=(
+                f"those heads have cluster-level BH q < {alpha} (p < {alpha} after correction), "
+                f"still at least {min_share:.0%} of heads"
+            ),
+            met=bool(pass_share >= min_share and n_pass > 0),
+            heads=n_pass,
+            share=pass_share,
+            required_share=min_share,
+            strong_heads_not_significant=int((m.strong & ~m.passing).sum()),
+            max_q_of_passing=_max(table.loc[m.passing, "q_fdr"]),
+        ),
+        randomization_control=RandomizationCriterion(
+            description=(
+                f"mean {perm_column} (‖q‖ permuted within windows) within "
+                f"{criteria.perm_tolerance} of 0"
+            ),
+            met=bool(perm_mean is not None and abs(perm_mean) <= criteria.perm_tolerance),
+            column=perm_column,
+            mean_perm_r=perm_mean,
+            tolerance=criteria.perm_tolerance,
+        ),
+    )
+
+
+# (name, over heads, of |r|?) of each permuted-r number in `Controls.randomization`.
+RANDOMIZATION_STATS = (("mean", _mean, False), ("mean_abs", _mean, True), ("max_abs", _max, True))
+
+
+def _controls(table: pd.DataFrame, m: _Masks, criteria: Criteria) -> Controls:
+    r, random_r = table["pearson_r"], table["random_init_r"]
+    partial = table["partial_r_position"]
+    return Controls(
+        randomization={
+            f"{stat}_{col}": fn(table[col].abs() if absolute else table[col])
+            for col in ("perm_r", "perm_r_within")
+            if col in table.columns
+            for stat, fn, absolute in RANDOMIZATION_STATS
+        },
+        random_init=RandomInitControl(
+            available=bool(random_r.notna().any()),
+            mean_r=_mean(random_r),
+            mean_abs_r=_mean(random_r.abs()),
+            max_abs_r=_max(random_r.abs()),
+            heads_abs_r_ge_threshold=int((random_r.abs() >= criteria.r_threshold).sum()),
+        ),
+        position=PositionControl(
+            mean_abs_r=_mean(r.abs()),
+            mean_abs_partial_r=_mean(partial.abs()),
+            mean_abs_r_passing=_mean(r[m.passing].abs()),
+            mean_abs_partial_r_passing=_mean(partial[m.passing].abs()),
+        ),
+        within_window=WithinWindowControl(
+            mean_abs_r=_mean(r.abs()),
+            mean_abs_within_window_r=_mean(table["within_window_r"].abs())
+            if "within_window_r" in table.columns
+            else None,
+        ),
+    )
 
 
 def verdict(
-    table: pd.DataFrame, criteria: Criteria | None = None, *, perm_column: str = "perm_r"
-) -> dict:
-    """Summary of a ``head_table`` against the seed's success criteria (JSON-serialisable).
+    table: pd.DataFrame,
+    criteria: Criteria | None = None,
+    *,
+    perm_column: str = "perm_r",
+    ci_level: float = CI_LEVEL,
+    run: RunFacts | None = None,
+) -> Verdict:
+    """Summary of a ``head_table`` against the seed's success criteria.
 
     A head passes by `criteria` (recomputed here from the table). Criteria:
     - effect_size: |r| >= r_threshold in a meaningful subset of heads, where meaningful means at
@@ -44,126 +370,33 @@ def verdict(
       any between-window association (documents differing in both mean ‖q‖ and mean H), so it
       can miss the tolerance on real data without a bug; ``perm_column="perm_r_within"`` is the
       exact null (expectation 0). Both are reported when the table has them.
-    The random-init, position and within-window numbers are reported, not criteria.
+    The random-init, position and within-window numbers are reported, not criteria. Raises
+    SpectraError when the table lacks a column these need.
     """
     criteria = criteria or Criteria()
-    r_threshold, alpha = criteria.r_threshold, criteria.fdr
-    min_share, perm_tolerance = criteria.min_share, criteria.perm_tolerance
     need = {"layer", "head", "pearson_r", "q_fdr", perm_column, "random_init_r"}
     need |= {"partial_r_position"}
     missing = need - set(table.columns)
     if missing:
         raise SpectraError(f"The head table lacks columns {sorted(missing)}.")
-    r = table["pearson_r"]
-    strong = pd.Series(criteria.strong(r), index=table.index)
-    passing = pd.Series(criteria.passes(r, table["q_fdr"]), index=table.index)
-    neg, pos = passing & (r < 0), passing & (r > 0)
-    total = len(table)
-    n_pass = int(passing.sum())
-
-    per_layer = []
-    for layer, g in table.groupby("layer", sort=True):
-        idx = g.index
-        per_layer.append(
-            {
-                "layer": int(layer),
-                "heads": len(g),
-                "passing": int(passing[idx].sum()),
-                "negative": int(neg[idx].sum()),
-                "positive": int(pos[idx].sum()),
-                "mean_r": _mean(g["pearson_r"]),
-                "min_r": _num(g["pearson_r"].min()),
-                "max_r": _num(g["pearson_r"].max()),
-            }
-        )
-
-    has_random = bool(table["random_init_r"].notna().any())
-    perm_mean = _mean(table[perm_column])
-    strong_share = float(strong.sum()) / total if total else 0.0
-    pass_share = n_pass / total if total else 0.0
-    checks = {
-        "effect_size": {
-            "description": f"|r| >= {r_threshold} in at least {min_share:.0%} of heads",
-            "met": bool(strong_share >= min_share and strong.any()),
-            "heads": int(strong.sum()),
-            "share": strong_share,
-            "required_share": min_share,
-        },
-        "significance": {
-            "description": (
-                f"those heads have cluster-level BH q < {alpha} (p < {alpha} after correction), "
-                f"still at least {min_share:.0%} of heads"
-            ),
-            "met": bool(pass_share >= min_share and n_pass > 0),
-            "heads": n_pass,
-            "share": pass_share,
-            "required_share": min_share,
-            "strong_heads_not_significant": int((strong & ~passing).sum()),
-            "max_q_of_passing": _max(table.loc[passing, "q_fdr"]),
-        },
-        "randomization_control": {
-            "description": (
-                f"mean {perm_column} (‖q‖ permuted within windows) within {perm_tolerance} of 0"
-            ),
-            "met": bool(perm_mean is not None and abs(perm_mean) <= perm_tolerance),
-            "column": perm_column,
-            "mean_perm_r": perm_mean,
-            "tolerance": perm_tolerance,
-        },
-    }
-    share_neg = int(neg.sum()) / n_pass if n_pass else None
-    return {
-        "hypothesis": "H1: corr(‖q‖, attention entropy) < 0 per head",
-        SUMMARY_KEY: criteria.to_dict(),
-        "heads_total": total,
-        "heads_with_r": int(r.notna().sum()),
-        "passing": {
-            "total": n_pass,
-            "negative": int(neg.sum()),
-            "positive": int(pos.sum()),
-            "share_of_heads": pass_share,
-            "share_negative": share_neg,
-        },
-        "per_layer": per_layer,
-        "controls": {
-            "randomization": {
-                f"{stat}_{col}": fn(table[col] if stat == "mean" else table[col].abs())
-                for col in ("perm_r", "perm_r_within")
-                if col in table.columns
-                for stat, fn in (("mean", _mean), ("mean_abs", _mean), ("max_abs", _max))
-            },
-            "random_init": {
-                "available": has_random,
-                "mean_r": _mean(table["random_init_r"]),
-                "mean_abs_r": _mean(table["random_init_r"].abs()),
-                "max_abs_r": _max(table["random_init_r"].abs()),
-                "heads_abs_r_ge_threshold": int(
-                    (table["random_init_r"].abs() >= r_threshold).sum()
-                ),
-            },
-            "position": {
-                "mean_abs_r": _mean(r.abs()),
-                "mean_abs_partial_r": _mean(table["partial_r_position"].abs()),
-                "mean_abs_r_passing": _mean(r[passing].abs()),
-                "mean_abs_partial_r_passing": _mean(table.loc[passing, "partial_r_position"].abs()),
-            },
-            "within_window": {
-                "mean_abs_r": _mean(r.abs()),
-                "mean_abs_within_window_r": _mean(table["within_window_r"].abs())
-                if "within_window_r" in table.columns
-                else None,
-            },
-        },
-        "criteria": checks,
-        "all_criteria_met": all(c["met"] for c in checks.values()),
-        "beyond_r": beyond_r(table, criteria),
-    }
+    masks = _masks(table, criteria)
+    checks = _checks(table, masks, criteria, perm_column)
+    return Verdict(
+        hypothesis=HYPOTHESIS,
+        thresholds=criteria,
+        heads_total=len(table),
+        heads_with_r=int(table["pearson_r"].notna().sum()),
+        passing=_counts(masks, len(table)),
+        per_layer=_per_layer(table, masks),
+        controls=_controls(table, masks, criteria),
+        criteria=checks,
+        all_criteria_met=all(c.met for _, c in checks.items()),
+        beyond_r=beyond_r(table, criteria, ci_level),
+        run=run,
+    )
 
 
-BEST_SHOWN = 5
-
-
-def beyond_r(table: pd.DataFrame, criteria: Criteria) -> dict | None:
+def beyond_r(table: pd.DataFrame, criteria: Criteria, ci_level: float = CI_LEVEL) -> BeyondR | None:
     """The second question: what ‖q‖ adds beyond position and the softmax's own rescaling. A
     finding, stated with its numbers; None for a table without these columns."""
     if "delta_r2" not in table.columns:
@@ -179,119 +412,125 @@ def beyond_r(table: pd.DataFrame, criteria: Criteria) -> dict | None:
             f"‖q‖ explains variance of H beyond position in {int(beyond.sum())} of {len(table)} "
             f"heads ({share:.0%}; {int(lower.sum())} with larger ‖q‖ going with lower H); the "
             f"median |delta R^2| among them is "
-            f"{_num(table.loc[beyond, 'delta_r2'].abs().median()):.3f}."
+            f"{finite_or_none(table.loc[beyond, 'delta_r2'].abs().median()):.3f}."
         )
     else:
         finding = (
             f"‖q‖ adds little beyond position: only {int(beyond.sum())} of {len(table)} heads "
-            f"({share:.0%}) have a delta R^2 whose 95% CI excludes 0."
+            f"({share:.0%}) have a delta R^2 whose {ci_level:.0%} CI excludes 0."
         )
-    return {
-        "question": "what does ‖q‖ add beyond position (delta R^2) and beyond rescaling "
+    return BeyondR(
+        question="what does ‖q‖ add beyond position (delta R^2) and beyond rescaling "
         "(temperature share)?",
-        "delta_r2": {
-            "heads_ci_excludes_0": int(beyond.sum()),
-            "heads_ci_below_0": int(lower.sum()),
-            "heads_ci_above_0": int(upper.sum()),
-            "share": share,
-            "median": _mean_or(table["delta_r2"].median()),
-            "median_abs": _mean_or(table["delta_r2"].abs().median()),
-        },
-        "temperature_share": {
-            "q25": _mean_or(quartiles[0]),
-            "median": _mean_or(quartiles[1]),
-            "q75": _mean_or(quartiles[2]),
-            "heads": int(len(ts)),
-        },
-        "best_auroc_heads": [
-            {
-                "layer": int(row["layer"]),
-                "head": int(row["head"]),
-                "auroc_low_entropy": _num(row["auroc_low_entropy"]),
-                "pearson_r": _num(row["pearson_r"]),
-                "delta_r2": _num(row["delta_r2"]),
-            }
+        delta_r2=DeltaR2(
+            heads_ci_excludes_0=int(beyond.sum()),
+            heads_ci_below_0=int(lower.sum()),
+            heads_ci_above_0=int(upper.sum()),
+            share=share,
+            median=_finite_or_absent(table["delta_r2"].median()),
+            median_abs=_finite_or_absent(table["delta_r2"].abs().median()),
+        ),
+        temperature_share=TemperatureShare(
+            q25=_finite_or_absent(quartiles[0]),
+            median=_finite_or_absent(quartiles[1]),
+            q75=_finite_or_absent(quartiles[2]),
+            heads=int(len(ts)),
+        ),
+        best_auroc_heads=[
+            AurocHead(
+                layer=int(row["layer"]),
+                head=int(row["head"]),
+                auroc_low_entropy=finite_or_none(row["auroc_low_entropy"]),
+                pearson_r=finite_or_none(row["pearson_r"]),
+                delta_r2=finite_or_none(row["delta_r2"]),
+            )
             for _, row in best.iterrows()
         ],
-        "finding": finding,
-    }
+        finding=finding,
+    )
 
 
-def _mean_or(v: float | None) -> float | None:
-    return None if v is None else _num(v)
+def _finite_or_absent(v: float | None) -> float | None:
+    return None if v is None else finite_or_none(v)
+
+
+# --- shaping as text -------------------------------------------------------------------------
 
 
 def _fmt(v: float | None, spec: str = ".3f") -> str:
     return "n/a" if v is None else format(v, spec)
 
 
-def verdict_text(summary: dict) -> str:
-    """A few printable lines from ``verdict``'s summary."""
-    p, c, ctl = summary["passing"], summary["criteria"], summary["controls"]
-    criteria = Criteria.from_summary(summary)
-    share_neg = "n/a" if p["share_negative"] is None else f"{p['share_negative']:.0%}"
-    lines = [
-        f"Heads: {summary['heads_total']}; passing ({criteria.describe()}): {p['total']} "
-        f"({p['negative']} negative, {p['positive']} positive; {share_neg} negative).",
-    ]
-    for name, crit in c.items():
-        mark = "met" if crit["met"] else "NOT met"
-        if name == "randomization_control":
-            detail = f"mean perm r = {_fmt(crit['mean_perm_r'], '+.4f')}"
-        else:
-            detail = f"{crit['heads']} heads ({crit['share']:.1%})"
-        lines.append(f"  [{mark}] {crit['description']}: {detail}")
-    ri = ctl["random_init"]
+def _criterion_line(name: str, crit: ShareCriterion | RandomizationCriterion) -> str:
+    mark = "met" if crit.met else "NOT met"
+    if isinstance(crit, RandomizationCriterion):
+        detail = f"mean perm r = {_fmt(crit.mean_perm_r, '+.4f')}"
+    else:
+        detail = f"{crit.heads} heads ({crit.share:.1%})"
+    return f"  [{mark}] {crit.description}: {detail}"
+
+
+def _controls_line(ctl: Controls) -> str:
+    ri, rnd, ww = ctl.random_init, ctl.randomization, ctl.within_window
     ri_text = (
-        f"random-init mean r = {_fmt(ri['mean_r'], '+.3f')}, max |r| = {_fmt(ri['max_abs_r'])}"
-        if ri["available"]
+        f"random-init mean r = {_fmt(ri.mean_r, '+.3f')}, max |r| = {_fmt(ri.max_abs_r)}"
+        if ri.available
         else "random-init control not run"
     )
-    rnd, ww = ctl["randomization"], ctl["within_window"]
-    lines.append(
+    return (
         f"Controls: perm r mean {_fmt(rnd.get('mean_perm_r'), '+.4f')}, max |.| "
         f"{_fmt(rnd.get('max_abs_perm_r'))} (window means removed: mean "
         f"{_fmt(rnd.get('mean_perm_r_within'), '+.4f')}); {ri_text}; mean |r| = "
-        f"{_fmt(ctl['position']['mean_abs_r'])}, controlling for position "
-        f"{_fmt(ctl['position']['mean_abs_partial_r'])}, within windows "
-        f"{_fmt(ww['mean_abs_within_window_r'])}."
+        f"{_fmt(ctl.position.mean_abs_r)}, controlling for position "
+        f"{_fmt(ctl.position.mean_abs_partial_r)}, within windows "
+        f"{_fmt(ww.mean_abs_within_window_r)}."
     )
-    lines.append(
-        "Verdict: all seed criteria met." if summary["all_criteria_met"] else "Verdict: not met."
-    )
-    extra = summary.get("beyond_r")
+
+
+def verdict_text(summary: Verdict) -> str:
+    """A few printable lines from a `Verdict`."""
+    p = summary.passing
+    share_neg = "n/a" if p.share_negative is None else f"{p.share_negative:.0%}"
+    lines = [
+        f"Heads: {summary.heads_total}; passing ({summary.thresholds.describe()}): {p.total} "
+        f"({p.negative} negative, {p.positive} positive; {share_neg} negative).",
+        *(_criterion_line(name, crit) for name, crit in summary.criteria.items()),
+        _controls_line(summary.controls),
+        "Verdict: all seed criteria met." if summary.all_criteria_met else "Verdict: not met.",
+    ]
+    extra = summary.beyond_r
     if extra:
-        ts = extra["temperature_share"]
+        ts = extra.temperature_share
         best = ", ".join(
-            f"L{h['layer']}H{h['head']} {_fmt(h['auroc_low_entropy'], '.2f')}"
-            for h in extra["best_auroc_heads"]
+            f"L{h.layer}H{h.head} {_fmt(h.auroc_low_entropy, '.2f')}"
+            for h in extra.best_auroc_heads
         )
         lines += [
-            f"Beyond r: {extra['finding']}",
+            f"Beyond r: {extra.finding}",
             f"  temperature share (observed slope / rescaling gain): median "
-            f"{_fmt(ts['median'], '.2f')} (quartiles {_fmt(ts['q25'], '.2f')} to "
-            f"{_fmt(ts['q75'], '.2f')}); best AUROC for sharp attention: {best or 'n/a'}.",
+            f"{_fmt(ts.median, '.2f')} (quartiles {_fmt(ts.q25, '.2f')} to "
+            f"{_fmt(ts.q75, '.2f')}); best AUROC for sharp attention: {best or 'n/a'}.",
         ]
     return "\n".join(lines)
 
 
-def interpretation(summary: dict) -> list[str]:
+def interpretation(summary: Verdict) -> list[str]:
     """The run's numbers in a few plain sentences (the story notebook's closing lines)."""
-    c = summary["criteria"]
-    criteria = Criteria.from_summary(summary)
-    met = "all met" if summary["all_criteria_met"] else "not all met"
+    c = summary.criteria
+    met = "all met" if summary.all_criteria_met else "not all met"
     lines = [
-        f"Success criteria of the original plan: {met} ({c['effect_size']['heads']} heads with "
-        f"|r| >= {criteria.r_threshold}, {c['significance']['heads']} of them significant after "
-        f"correction, mean permuted r {_fmt(c['randomization_control']['mean_perm_r'], '+.4f')}).",
+        f"Success criteria of the original plan: {met} ({c.effect_size.heads} heads with "
+        f"|r| >= {summary.thresholds.r_threshold}, {c.significance.heads} of them significant "
+        f"after correction, mean permuted r "
+        f"{_fmt(c.randomization_control.mean_perm_r, '+.4f')}).",
     ]
-    beyond = summary.get("beyond_r")
+    beyond = summary.beyond_r
     if beyond:
-        ts = beyond["temperature_share"]
+        ts = beyond.temperature_share
         lines += [
-            f"Beyond position: {beyond['finding']}",
-            f"Beyond rescaling: the median temperature share is {_fmt(ts['median'], '.2f')} "
-            f"(quartiles {_fmt(ts['q25'], '.2f')} to {_fmt(ts['q75'], '.2f')}); 1 would mean the "
+            f"Beyond position: {beyond.finding}",
+            f"Beyond rescaling: the median temperature share is {_fmt(ts.median, '.2f')} "
+            f"(quartiles {_fmt(ts.q25, '.2f')} to {_fmt(ts.q75, '.2f')}); 1 would mean the "
             "observed dependence of H on ‖q‖ is what rescaling the query alone produces.",
         ]
     return lines

@@ -19,11 +19,9 @@ from circuitsvis.attention import attention_pattern
 from circuitsvis.tokens import colored_tokens_multi
 from circuitsvis.utils.render import RenderedHTML
 from jaxtyping import Float
-from torch import Tensor
 
 from spectra_interp.errors import SpectraError
-from spectra_interp.metrics import attention_entropy, query_norm
-from spectra_interp.models import hooks, spec_of
+from spectra_interp.extract.slices import attention_slice, check_head
 
 TOKEN_VIEW_LABELS = ["entropy H (nats)", "‖q‖"]
 
@@ -79,37 +77,18 @@ class HeadRun:
     entropy: Float[np.ndarray, " pos"]
 
 
-def _check_head(model: Any, layer: int, head: int) -> None:
-    cfg = model.cfg
-    if not 0 <= layer < cfg.n_layers:
-        raise SpectraError(f"layer {layer} is out of range: the model has {cfg.n_layers} layers.")
-    if not 0 <= head < cfg.n_heads:
-        raise SpectraError(f"head {head} is out of range: the model has {cfg.n_heads} heads.")
-
-
 def run_head(model: Any, text: str, layer: int, head: int) -> HeadRun:
-    """Run the model on `text` with hooks on one layer only; keep one head's pattern, ‖q‖, H."""
-    _check_head(model, layer, head)
-    tokens = model.to_tokens(text)
-    token_strs = [str(s) for s in model.to_str_tokens(tokens[0])]
-    kept: dict[str, Tensor] = {}
-
-    def keep_pattern(pattern: Tensor, hook: Any) -> None:
-        one = pattern[:1, head : head + 1].detach()
-        kept["pattern"] = one[0, 0].float().cpu()
-        kept["entropy"] = attention_entropy(one)[0, 0].cpu()
-
-    def keep_q(q: Tensor, hook: Any) -> None:
-        kept["qnorm"] = query_norm(q[:1, :, head : head + 1].detach())[0, 0].cpu()
-
-    fwd_hooks = [
-        (hooks.attn_hook("pattern", layer), keep_pattern),
-        (hooks.attn_hook(spec_of(model).q_hook, layer), keep_q),
-    ]
-    with torch.inference_mode():
-        model.run_with_hooks(tokens, fwd_hooks=fwd_hooks, stop_at_layer=layer + 1, return_type=None)
+    """Run the model on `text` up to `layer`; keep one head's pattern, ‖q‖ and H
+    (`extract.slices.attention_slice` over the whole text)."""
+    check_head(model, layer, head)
+    tokens = model.to_tokens(text)[0]
+    token_strs = [str(s) for s in model.to_str_tokens(tokens)]
+    kept = attention_slice(model, tokens, 0, len(tokens), layers=[layer], head=head)
     return HeadRun(
-        token_strs, kept["pattern"].numpy(), kept["qnorm"].numpy(), kept["entropy"].numpy()
+        token_strs,
+        kept.pattern[0, 0].numpy(),
+        kept.qnorm[0, 0].numpy(),
+        kept.entropy[0, 0].numpy(),
     )
 
 

@@ -21,20 +21,16 @@ import plotly.graph_objects as go
 from markupsafe import Markup
 from plotly.offline import get_plotlyjs
 
-from spectra_interp.config import BudgetConfig
+from spectra_interp.records import to_json
 from spectra_interp.results import Results, load_results
-from spectra_interp.results.load import AttentionSample
+from spectra_interp.results.layout import BudgetLayout
+from spectra_interp.results.load import AttentionSample, read_json_object
 from spectra_interp.results.store import write_text
 from spectra_interp.stats.columns import HEAD_COLUMNS
 from spectra_interp.stats.criteria import Criteria
+from spectra_interp.stats.verdict import Checks, Verdict
 from spectra_interp.viz import figures
 from spectra_interp.viz.attention import bundle_js
-
-MET_KEYS = ("met", "passed", "pass", "passes", "ok", "satisfied", "success")
-HEADLINE_KEYS = ("verdict", "conclusion", "headline", "message", "summary", "text")
-SUPPORT_KEYS = ("all_criteria_met", "h1_supported", "supported", "success", "passed", "met")
-TEXT_KEYS = ("description", "name", "criterion")
-
 
 # --- data for the page ---------------------------------------------------------------------
 
@@ -170,12 +166,18 @@ def rows_payload(table: pd.DataFrame) -> dict[str, dict[str, str]]:
 
 
 def phase2_links(results: Results) -> list[dict[str, str]]:
-    """Phase 2 reports of the same model beside this folder (results/adaptive-<model>-ctx*)."""
+    """Phase 2 reports of the same model (config.json's `model`) beside this folder."""
     model = str(flat_config(results.config).get("model", ""))
     if not model:
         return []
-    found = sorted(results.path.parent.glob(f"{BudgetConfig.folder_name(model, '*')}/report.html"))
-    return [{"name": p.parent.name, "href": f"../{p.parent.name}/report.html"} for p in found]
+    found = sorted(
+        p
+        for p in results.path.parent.iterdir()
+        if BudgetLayout.holds(p)
+        and BudgetLayout(p).report.is_file()
+        and flat_config(read_json_object(BudgetLayout(p).config)).get("model") == model
+    )
+    return [{"name": p.name, "href": f"../{p.name}/{BudgetLayout.REPORT}"} for p in found]
 
 
 def initial_heads(table: pd.DataFrame, n: int = 5) -> list[tuple[int, int]]:
@@ -234,64 +236,32 @@ def render_value(value: object, depth: int = 0) -> str:
     return e(_fmt(value))
 
 
-def _met_flag(value: object) -> bool | None:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, dict):
-        for k in MET_KEYS:
-            if isinstance(value.get(k), bool):
-                return value[k]
-    return None
-
-
-def criteria_html(criteria: object) -> str:
+def criteria_html(checks: Checks) -> str:
     """The success criteria, one row each: name, met or not, and the numbers behind it."""
-    items: list[tuple[str, object]]
-    if isinstance(criteria, dict):
-        items = list(criteria.items())
-    elif isinstance(criteria, list):
-        items = [
-            (str(c.get("name", c.get("criterion", i))) if isinstance(c, dict) else str(i), c)
-            for i, c in enumerate(criteria)
-        ]
-    else:
-        return render_value(criteria)
     rows = []
-    for name, value in items:
-        met = _met_flag(value)
-        detail, about = value, ""
-        if isinstance(value, dict):
-            detail = {k: v for k, v in value.items() if k not in MET_KEYS + TEXT_KEYS}
-            if isinstance(value.get("description"), str):
-                about = f'<div class="about">{html.escape(value["description"])}</div>'
-        shown = "" if isinstance(detail, bool) else render_value(detail, 1)
-        flag = _badge(met) if met is not None else ""
+    for name, crit in checks.items():
+        detail = {k: v for k, v in to_json(crit).items() if k not in ("met", "description")}
+        about = f'<div class="about">{html.escape(crit.description)}</div>'
         rows.append(
             f"<tr><th>{html.escape(name.replace('_', ' '))}{about}</th>"
-            f"<td>{flag}</td><td>{shown}</td></tr>"
+            f"<td>{_badge(crit.met)}</td><td>{render_value(detail, 1)}</td></tr>"
         )
     return f'<table class="criteria">{"".join(rows)}</table>'
 
 
-def headline(summary: dict, table: pd.DataFrame) -> str:
-    """The verdict in one sentence, from summary.json if it says one, else from the table."""
+def headline(summary: Verdict | None, table: pd.DataFrame) -> str:
+    """The verdict in one sentence: whether the criteria are met (from summary.json, when the
+    folder has one) and the passing heads counted from the table."""
     passing = figures.passes_mask(table)
     sign = figures.sign_of(table)
     n, n_pass = len(table), int(passing.sum())
     neg, pos = int((passing & (sign < 0)).sum()), int((passing & (sign > 0)).sum())
     counted = f"{n_pass} of {n} heads pass ({neg} with r < 0, {pos} with r > 0)."
-    text = next((summary[k] for k in HEADLINE_KEYS if isinstance(summary.get(k), str)), None)
-    support = next((summary[k] for k in SUPPORT_KEYS if isinstance(summary.get(k), bool)), None)
-    key = next((k for k in SUPPORT_KEYS if isinstance(summary.get(k), bool)), "")
     parts = []
-    if support is not None:
-        if key == "all_criteria_met":
-            word = "all success criteria met" if support else "success criteria not all met"
-        else:
-            word = f"{key.replace('_', ' ')}: {'yes' if support else 'no'}"
-        parts.append(f'<span class="badge {"met" if support else "unmet"}">{word}</span>')
-    if text:
-        parts.append(html.escape(text))
+    if summary is not None:
+        met = summary.all_criteria_met
+        word = "all success criteria met" if met else "success criteria not all met"
+        parts.append(f'<span class="badge {"met" if met else "unmet"}">{word}</span>')
     parts.append(html.escape(counted))
     return " ".join(parts)
 
@@ -337,7 +307,7 @@ def cards(table: pd.DataFrame, criteria: Criteria) -> list[tuple[str, str, str]]
     return out
 
 
-def controls_html(table: pd.DataFrame, summary: dict, criteria: Criteria) -> str:
+def controls_html(table: pd.DataFrame, summary: Verdict | None, criteria: Criteria) -> str:
     """How the trained model's r compares with the controls', from the table and the summary."""
     rows = []
     for column, name in (
@@ -362,8 +332,8 @@ def controls_html(table: pd.DataFrame, summary: dict, criteria: Criteria) -> str
             f'<th title="heads whose |r| reaches the pass threshold">heads with |r| ≥ '
             f"{criteria.r_threshold}</th></tr>{''.join(rows)}</table>"
         )
-    if isinstance(summary.get("controls"), dict | list):
-        out += render_value(summary["controls"])
+    if summary is not None:
+        out += render_value(to_json(summary.controls))
     return out or "<p><em>No control columns in this folder.</em></p>"
 
 
@@ -509,24 +479,22 @@ def report_html(results: Results) -> str:
         "initial": list(strongest[0]),
     }
     summary = results.summary
-    criteria_block = summary.get("criteria")
-    hypothesis = summary.get("hypothesis")
     return (
         template_environment()
         .get_template("report.html.j2")
         .render(
             model=str(flat_config(results.config).get("model", "")),
             run_line=Markup(run_line(results.config, results)),
-            hypothesis=hypothesis if isinstance(hypothesis, str) else None,
+            hypothesis=None if summary is None else summary.hypothesis,
             headline=Markup(headline(summary, table)),
             cards=cards(table, criteria),
-            criteria=None if criteria_block is None else Markup(criteria_html(criteria_block)),
+            criteria=None if summary is None else Markup(criteria_html(summary.criteria)),
             controls=Markup(controls_html(table, summary, criteria)),
-            beyond=summary.get("beyond_r"),
+            beyond=None if summary is None else summary.beyond_r,
             top_heads=top_heads(table),
             glossary=HEAD_COLUMNS,
             phase2=phase2_links(results),
-            summary_html=Markup(render_value(summary)),
+            summary_html=Markup(render_value(None if summary is None else summary.to_json())),
             config_html=Markup(render_value(results.config)),
             css=asset("report.css"),
             app_js=asset("report.js"),

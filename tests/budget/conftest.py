@@ -48,7 +48,9 @@ def tiny_dir(tmp_path_factory, corpus_dir) -> Path:
 def finished(tmp_path_factory, tiny_dir, corpus_dir) -> Path:
     """One finished run of the tiny model, report included."""
     from spectra_interp.budget import run_budget
+    from spectra_interp.cli import report_after
 
     out = tmp_path_factory.mktemp("budget-run") / "run"
-    run_budget(run_config(tiny_dir, corpus_dir, out), log=lambda _: None)
+    config = run_config(tiny_dir, corpus_dir, out)
+    report_after(config, run_budget(config, log=lambda _: None))
     return out
