@@ -18,6 +18,8 @@ from typing import Any, TypeVar
 import torch
 import torch.distributed as torch_dist
 
+from spectra_interp.atomic import write_bytes_atomic
+
 BARRIER_TIMEOUT_MIN = int(os.environ.get("SPECTRA_DIST_TIMEOUT_MIN", "60"))
 
 
@@ -75,8 +77,6 @@ class Dist:
         gathered: list[dict[str, bytes]] | None = [{}] * self.world_size if self.rank == 0 else None
         torch_dist.gather_object(mine, gathered, dst=0)
         if self.rank == 0:
-            from spectra_interp.results.store import write_bytes_atomic
-
             for files in gathered:
                 for name, data in files.items():
                     if not (root / name).exists():

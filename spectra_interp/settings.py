@@ -429,3 +429,11 @@ def markdown_table(cls: type) -> str:
         flag = f"`{s.flag}`" + (f" / `--no-{s.flag[2:]}`" if s.is_bool else "")
         rows.append(f"| {flag} | `{default}` | {text.replace('|', chr(92) + '|')} |")
     return "\n".join(["| flag | default | meaning |", "|---|---|---|", *rows])
+
+
+def columns_markdown(
+    columns: dict[str, str], header: tuple[str, str] = ("column", "meaning")
+) -> str:
+    """A README table of names and their one-line meanings (a CSV's columns, a folder's files)."""
+    rows = [f"| `{name}` | {text} |" for name, text in columns.items()]
+    return "\n".join([f"| {header[0]} | {header[1]} |", "|---|---|", *rows])

@@ -6,7 +6,8 @@ from spectra_interp import settings
 from spectra_interp.budget.curves import CURVE_COLUMNS, PER_HEAD_COLUMNS
 from spectra_interp.config import BudgetConfig, SweepConfig
 from spectra_interp.results.layout import BudgetLayout, SweepLayout
-from spectra_interp.stats.columns import HEAD_COLUMNS, columns_markdown
+from spectra_interp.settings import columns_markdown
+from spectra_interp.stats.columns import HEAD_COLUMNS
 
 README = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
 

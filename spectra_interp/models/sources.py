@@ -126,7 +126,7 @@ def gguf_as_hf_folder(gguf: Path) -> Path:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from spectra_interp.results.store import atomic_folder
+    from spectra_interp.atomic import atomic_folder
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)

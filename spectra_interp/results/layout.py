@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
+from spectra_interp.settings import columns_markdown
+
 SCHEMA_VERSION = 2
 SHARD_PATTERN = re.compile(r"window_(\d{5,})\.npz")
 
@@ -45,8 +47,6 @@ class Layout:
     @classmethod
     def files_markdown(cls) -> str:
         """The README's table of the folder."""
-        from spectra_interp.stats.columns import columns_markdown
-
         return columns_markdown(cls.DESCRIPTIONS, ("file", "contents"))
 
     def path(self, name: str) -> Path:

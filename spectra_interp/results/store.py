@@ -1,8 +1,5 @@
-"""Writing a results folder: atomic files, shards, per-block claims, and folder preparation.
-
-Every file is written to a temporary name in its folder, flushed to disk and renamed into place,
-so a killed run never leaves a truncated file that a resume would trust. Folders (a dequantised
-GGUF model) are built under a temporary name and renamed the same way.
+"""Writing a results folder: atomic files (`atomic`), shards, per-block claims, and folder
+preparation.
 
 Two runs may share a folder: each claims a block of windows before computing it (a file created
 with O_EXCL naming host, pid and start time) and skips blocks another live run holds. A claim
@@ -14,8 +11,6 @@ window are identical and written atomically.
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import io
 import json
 import os
@@ -23,47 +18,19 @@ import shutil
 import socket
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from spectra_interp.atomic import write_bytes_atomic
 from spectra_interp.corpus import Windows
 from spectra_interp.errors import SpectraError
 from spectra_interp.results.layout import SweepLayout
 
 CLAIM_STALE_S = float(os.environ.get("SPECTRA_CLAIM_STALE_H", "12")) * 3600
-
-
-def _file_mode() -> int:
-    """The mode a plain open() would give a new file (mkstemp's own is 0600)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
-# --- atomic files ------------------------------------------------------------------------
-
-
-def write_bytes_atomic(path: Path, data: bytes) -> None:
-    """Write `data` to `path` so that readers see either the old file or the whole new one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, _file_mode())
-        os.replace(tmp, path)
-    except OSError as err:
-        Path(tmp).unlink(missing_ok=True)
-        if err.errno == errno.ENOSPC:
-            raise SpectraError(f"The disk is full: could not write {path}.") from err
-        raise SpectraError(f"Could not write {path}: {err.strerror or err}.") from err
 
 
 def write_with(path: Path, writer: Callable[[io.BytesIO], Any]) -> None:
@@ -94,18 +61,6 @@ def write_parquet(path: Path, frame: pd.DataFrame) -> None:
 
 def read_json(path: Path) -> Any:
     return json.loads(Path(path).read_text())
-
-
-@contextlib.contextmanager
-def atomic_folder(target: Path) -> Iterator[Path]:
-    """Yield a temporary folder beside `target`; on success it is renamed to `target`."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.tmp-"))
-    try:
-        yield tmp
-        os.replace(tmp, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 # --- shards ------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from spectra_interp import models
+from spectra_interp.atomic import write_bytes_atomic
 from spectra_interp.config import RunConfig
 from spectra_interp.corpus import Windows
 from spectra_interp.distributed import Dist, run_distributed
@@ -111,7 +112,7 @@ class Run:
         torch_dist.broadcast_object_list(payload, src=0)
         if not self.main and payload[0] is not None:
             for name, data in payload[0].items():
-                store.write_bytes_atomic(root / name, data)
+                write_bytes_atomic(root / name, data)
 
     def collect(self, stage: Stage) -> None:
         """Ranks on other machines send their shards of `stage` to rank 0."""

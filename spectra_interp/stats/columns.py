@@ -3,6 +3,10 @@ and the README's column table are made from, and the order `head_table` writes."
 
 from __future__ import annotations
 
+from spectra_interp.stats.inference import CI_LEVEL
+
+CI = f"{CI_LEVEL:.0%}"
+
 HEAD_COLUMNS: dict[str, str] = {
     "layer": "layer index (0 is the first block)",
     "head": "query head index within the layer (statistics are per query head, never per KV head)",
@@ -15,8 +19,8 @@ HEAD_COLUMNS: dict[str, str] = {
     "spearman_rho": "Spearman ρ(‖q‖, H) on the token sample",
     "partial_r_position": "r(‖q‖, H) with log(keys seen) regressed out of both (position control)",
     "pearson_r_norm_entropy": "r(‖q‖, H / log(keys seen)): entropy relative to its ceiling",
-    "ci_low": "lower end of the 95% cluster-bootstrap interval of pearson_r",
-    "ci_high": "upper end of the 95% cluster-bootstrap interval of pearson_r",
+    "ci_low": f"lower end of the {CI} cluster-bootstrap interval of pearson_r",
+    "ci_high": f"upper end of the {CI} cluster-bootstrap interval of pearson_r",
     "p_naive": "p of r = 0 treating tokens as independent (far too small; for comparison only)",
     "p_jackknife": "two-sided p of r = 0: delete-one-cluster jackknife on Fisher z, t on C-1 df",
     "se_fisher_z": "jackknife standard error of atanh(pearson_r)",
@@ -33,17 +37,9 @@ HEAD_COLUMNS: dict[str, str] = {
     "r_log_keff": "r(log‖q‖, log k_eff) on the token sample (k_eff: fewest keys with --keff-mass)",
     "auroc_low_entropy": "how well a larger ‖q‖ ranks below-median-H queries first (0.5: no skill)",
     "delta_r2": "share of var(H) log‖q‖ adds to log(keys seen) + window means, signed by slope",
-    "delta_r2_ci_low": "lower end of the 95% cluster-bootstrap interval of delta_r2",
-    "delta_r2_ci_high": "upper end of the 95% cluster-bootstrap interval of delta_r2",
+    "delta_r2_ci_low": f"lower end of the {CI} cluster-bootstrap interval of delta_r2",
+    "delta_r2_ci_high": f"upper end of the {CI} cluster-bootstrap interval of delta_r2",
     "slope_obs": "within-window slope dH/dlog‖q‖ given log(keys seen), nats, on the token sample",
     "gain_entropy": "mean dH/dlog(alpha) at alpha = 1 of the same queries: rescaling alone",
     "temperature_share": "slope_obs / gain_entropy: ~1 when rescaling explains the slope",
 }
-
-
-def columns_markdown(
-    columns: dict[str, str], header: tuple[str, str] = ("column", "meaning")
-) -> str:
-    """A README table of names and their one-line meanings (a CSV's columns, a folder's files)."""
-    rows = [f"| `{name}` | {text} |" for name, text in columns.items()]
-    return "\n".join([f"| {header[0]} | {header[1]} |", "|---|---|", *rows])

@@ -16,6 +16,7 @@ import plotly.graph_objects as go
 from jaxtyping import Float, Int
 from plotly.subplots import make_subplots
 
+from spectra_interp.stats.columns import CI
 from spectra_interp.stats.criteria import Criteria
 
 TEMPLATE = "plotly_white"
@@ -483,7 +484,7 @@ def uncertainty_figure(table: pd.DataFrame, criteria: Criteria | None = None) ->
         fig.add_hline(y=y, line={"dash": "dot", "color": "#555"})
     fig.update_layout(
         template=TEMPLATE,
-        title={"text": "r per head with its 95% cluster-bootstrap interval, sorted"},
+        title={"text": f"r per head with its {CI} cluster-bootstrap interval, sorted"},
         xaxis={"title": {"text": "heads, by r"}, "showticklabels": False},
         yaxis={"title": {"text": "Pearson r"}, "range": [-1, 1]},
         height=380,

@@ -26,7 +26,7 @@ from spectra_interp.results import Results, load_results
 from spectra_interp.results.layout import BudgetLayout
 from spectra_interp.results.load import AttentionSample, read_json_object
 from spectra_interp.results.store import write_text
-from spectra_interp.stats.columns import HEAD_COLUMNS
+from spectra_interp.stats.columns import CI, HEAD_COLUMNS
 from spectra_interp.stats.criteria import Criteria
 from spectra_interp.stats.verdict import Checks, Verdict
 from spectra_interp.viz import figures
@@ -493,6 +493,7 @@ def report_html(results: Results) -> str:
             beyond=None if summary is None else summary.beyond_r,
             top_heads=top_heads(table),
             glossary=HEAD_COLUMNS,
+            ci=CI,
             phase2=phase2_links(results),
             summary_html=Markup(render_value(None if summary is None else summary.to_json())),
             config_html=Markup(render_value(results.config)),

@@ -1,6 +1,5 @@
-"""The results folder: atomic writes, shards, claims, resume bookkeeping, clear errors."""
+"""The results folder: shards, claims, resume bookkeeping, clear errors."""
 
-import errno
 import json
 import os
 import socket
@@ -26,32 +25,6 @@ def test_shards_round_trip_and_count_as_done(tmp_path):
     got = store.read_shard(layout, "trained", 3)["stats"]
     np.testing.assert_array_equal(got, np.arange(4.0))
     assert layout.relative_shard("trained", 3) == "shards/trained/window_00003.npz"
-
-
-def test_a_failed_write_leaves_the_old_file_whole(tmp_path, monkeypatch):
-    target = tmp_path / "head_stats.csv"
-    target.write_text("old,complete\n")
-
-    def broken_replace(src, dst):
-        raise OSError(errno.ENOSPC, "No space left on device")
-
-    monkeypatch.setattr(os, "replace", broken_replace)
-    with pytest.raises(SpectraError, match="disk is full"):
-        store.write_bytes_atomic(target, b"new")
-    assert target.read_text() == "old,complete\n"
-    assert [p.name for p in tmp_path.iterdir()] == ["head_stats.csv"]
-
-
-def test_atomic_folder_appears_whole_or_not_at_all(tmp_path):
-    target = tmp_path / "model"
-    with pytest.raises(RuntimeError):
-        with store.atomic_folder(target) as tmp:
-            (tmp / "config.json").write_text("{}")
-            raise RuntimeError("killed half way")
-    assert not target.exists() and list(tmp_path.iterdir()) == []
-    with store.atomic_folder(target) as tmp:
-        (tmp / "config.json").write_text("{}")
-    assert (target / "config.json").read_text() == "{}"
 
 
 def test_too_little_disk_is_reported_before_work(tmp_path, monkeypatch):
