@@ -31,8 +31,31 @@ from spectra_interp.settings import (
 from spectra_interp.stats.criteria import Criteria
 
 CONTROLS = ("randomization", "random-init", "position")
-# Extraction methods, the default first; spectra_interp.extract implements exactly these.
-METHODS = ("fused", "stream", "cache")
+
+
+@dataclass(frozen=True)
+class Method:
+    """An extraction method (`--method`): its name, its implementation (`module:function` with
+    the signature of `spectra_interp.extract.MethodRun`) and what says where it reads ‖q‖
+    (`module:function(model, spec)` for config.json), imported only when used, so the settings
+    stay importable without torch."""
+
+    name: str
+    run: str
+    q_source: str
+
+
+_EXTRACT = "spectra_interp.extract"
+# The extraction methods, the default first: the one registry (flag choices, dispatch, docs).
+METHODS: dict[str, Method] = {
+    m.name: m
+    for m in (
+        Method("fused", f"{_EXTRACT}:fused_run", f"{_EXTRACT}:argument_source"),
+        Method("stream", f"{_EXTRACT}.hooked:stream", f"{_EXTRACT}:hook_source"),
+        Method("cache", f"{_EXTRACT}.hooked:cache", f"{_EXTRACT}:hook_source"),
+    )
+}
+DEFAULT_METHOD = next(iter(METHODS))
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 DEVICE_MAPS = ("auto", "balanced", "sequential", "cpu")
 MIN_CTX = 8
@@ -138,8 +161,8 @@ class SweepConfig(RunConfig):
     """
 
     method: str = setting(
-        METHODS[0], "how ‖q‖ and H are read (see README: Extraction)", check=one_of(METHODS),
-        choices=METHODS,
+        DEFAULT_METHOD, "how ‖q‖ and H are read (see README: Extraction)",
+        check=one_of(tuple(METHODS)), choices=tuple(METHODS),
     )  # fmt: skip
     layers_per_pass: int = setting(
         4, "layers cached per forward with --method cache", check=positive_int

@@ -7,25 +7,67 @@ Windows in a batch have equal length (no padding): ragged input is rejected.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from einops import rearrange
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from spectra_interp.config import METHODS
+from spectra_interp.config import DEFAULT_METHOD, METHODS
 from spectra_interp.errors import SpectraError
-from spectra_interp.extract import fused, hooked
+from spectra_interp.extract import fused
 from spectra_interp.extract.extras import EXTRAS, SampleRequest
 from spectra_interp.models import hooks
+from spectra_interp.models.architecture import AttentionSpec
 from spectra_interp.models.load import spec_of
 
-IMPLEMENTED = ("fused", "stream", "cache")
-assert set(IMPLEMENTED) == set(METHODS), "config.METHODS and the implementations drifted"
-DEFAULT_METHOD = METHODS[0]
+
+class PerLayerStats(Protocol):
+    """What a method gathers per layer: ‖q‖ and H [batch, head, pos], and the extras."""
+
+    qnorm: dict[int, Tensor]
+    entropy: dict[int, Tensor]
+    extras: dict[int, dict[str, Tensor]]
+
+
+class MethodRun(Protocol):
+    """The signature of every `config.METHODS` implementation."""
+
+    def __call__(
+        self,
+        model: Any,
+        spec: AttentionSpec,
+        tokens: Tensor,
+        request: SampleRequest | None = None,
+        layers_per_pass: int | None = None,
+    ) -> PerLayerStats: ...
+
+
+def _resolve(reference: str) -> Any:
+    module, name = reference.split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def method_run(method: str) -> MethodRun:
+    """The implementation `config.METHODS` names for `method` (SpectraError for another name)."""
+    if method not in METHODS:
+        raise SpectraError(f"Unknown extraction method '{method}'; use one of {tuple(METHODS)}.")
+    return _resolve(METHODS[method].run)
+
+
+def fused_run(
+    model: Any,
+    spec: AttentionSpec,
+    tokens: Tensor,
+    request: SampleRequest | None = None,
+    layers_per_pass: int | None = None,
+) -> PerLayerStats:
+    """`fused.run` with its kernel chosen per layer (`layers_per_pass` is not used: one pass)."""
+    return fused.run(model, spec, tokens, request=request)
 
 
 @dataclass(frozen=True)
@@ -60,20 +102,23 @@ def as_token_batch(tokens: Any) -> Int[Tensor, "batch pos"]:
 
 def q_source(model: Any, method: str) -> dict[str, Any]:
     """Which tensor supplied ‖q‖ (and which kernel H) under `method`, and why (config.json)."""
-    spec = spec_of(model)
-    if method == "fused":
-        return {
-            "method": method,
-            "source": "the query argument of the model's attention function",
-            "why": "it is the tensor multiplied with the keys: after any QK-norm and RoPE, "
-            "before the score scale",
-            "kernels": fused.kernel_plan(spec, model.cfg.device),
-        }
+    method_run(method)
+    return {"method": method, **_resolve(METHODS[method].q_source)(model, spec_of(model))}
+
+
+def argument_source(model: Any, spec: AttentionSpec) -> dict[str, Any]:
+    """‖q‖ read from the query argument of the model's own attention function (fused)."""
     return {
-        "method": method,
-        "source": hooks.template(hooks.attn_hook(spec.q_hook, 0)),
-        "why": spec.q_reason,
+        "source": "the query argument of the model's attention function",
+        "why": "it is the tensor multiplied with the keys: after any QK-norm and RoPE, "
+        "before the score scale",
+        "kernels": fused.kernel_plan(spec, model.cfg.device),
     }
+
+
+def hook_source(model: Any, spec: AttentionSpec) -> dict[str, Any]:
+    """‖q‖ read at TransformerLens' query hook of each layer (stream, cache)."""
+    return {"source": hooks.template(hooks.attn_hook(spec.q_hook, 0)), "why": spec.q_reason}
 
 
 def _stack(per_layer: dict[int, Tensor], n_layers: int) -> Float[Tensor, "batch layer head pos"]:
@@ -102,8 +147,7 @@ def extract(
 
     Statistics are per query head (grouped-query attention shares keys, never queries).
     """
-    if method not in METHODS:
-        raise SpectraError(f"Unknown extraction method '{method}'; use one of {METHODS}.")
+    run = method_run(method)
     spec = spec_of(model)
     batch = as_token_batch(tokens)
     n_ctx = int(model.cfg.n_ctx)
@@ -112,12 +156,7 @@ def extract(
     batch = batch.to(model.cfg.device)
     if sample is not None and sample.positions.shape[0] != batch.shape[0]:
         raise SpectraError("The sample request needs one row of positions per window.")
-    if method == "fused":
-        got = fused.run(model, spec, batch, request=sample)
-    elif method == "stream":
-        got = hooked.stream(model, spec, batch, sample)
-    else:
-        got = hooked.cache(model, spec, batch, layers_per_pass, sample)
+    got = run(model, spec, batch, request=sample, layers_per_pass=layers_per_pass)
     return Extraction(
         qnorm=_stack(got.qnorm, spec.n_layers),
         entropy=_stack(got.entropy, spec.n_layers),

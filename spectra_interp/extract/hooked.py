@@ -55,8 +55,14 @@ def layer_groups(n_layers: int, layers_per_pass: int) -> list[range]:
 
 
 def stream(
-    model: Any, spec: AttentionSpec, tokens: Tensor, request: SampleRequest | None = None
+    model: Any,
+    spec: AttentionSpec,
+    tokens: Tensor,
+    request: SampleRequest | None = None,
+    layers_per_pass: int | None = None,
 ) -> Gathered:
+    """One `run_with_hooks` over every layer, each hook reducing its tensor as it passes
+    (`layers_per_pass` is not used: every layer is read in the one pass)."""
     out = Gathered()
 
     def on_q(layer: int) -> Callable:
@@ -97,13 +103,13 @@ def cache(
     model: Any,
     spec: AttentionSpec,
     tokens: Tensor,
-    layers_per_pass: int,
     request: SampleRequest | None = None,
+    layers_per_pass: int | None = 4,
 ) -> Gathered:
     """One `run_with_cache` per group of layers, each caching only that group's hooks."""
     out = Gathered()
     kinds = [spec.q_hook, "pattern"] + (["attn_scores"] if request is not None else [])
-    for group in layer_groups(spec.n_layers, layers_per_pass):
+    for group in layer_groups(spec.n_layers, 4 if layers_per_pass is None else layers_per_pass):
         names = {(kind, layer): hooks.attn_hook(kind, layer) for kind in kinds for layer in group}
         _, cached = model.run_with_cache(
             tokens,

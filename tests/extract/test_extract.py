@@ -106,3 +106,16 @@ def test_bad_method_and_too_long_windows(tiny_model):
         extract(tiny_model, torch.ones(1, 300, dtype=torch.long))
     with pytest.raises(SpectraError, match="layers_per_pass"):
         extract(tiny_model, torch.ones(1, 4, dtype=torch.long), method="cache", layers_per_pass=0)
+
+
+def test_every_registered_method_runs_and_says_where_it_reads_q(tiny_model):
+    from spectra_interp.config import METHODS
+    from spectra_interp.extract import q_source
+
+    tokens = torch.randint(0, 100, (1, 12))
+    for name in METHODS:
+        got = extract(tiny_model, tokens, method=name, layers_per_pass=1)
+        assert got.qnorm.shape[-1] == 12 and torch.isfinite(got.entropy).all(), name
+        source = q_source(tiny_model, name)
+        assert source["method"] == name and source["source"] and source["why"], name
+    assert "kernels" in q_source(tiny_model, "fused")
