@@ -71,11 +71,14 @@ def prepare_splits(
     """The run's windows: read back from the folder on resume, else built (and written once,
     by the process that `write`s)."""
     bos = added_bos_id(tokenizer) is not None
-    stored = {s: store.read_windows(layout.tokens(s), layout.meta(s), bos) for s in layout.SPLITS}
+    stored = {
+        s: store.read_windows(layout.split_tokens(s), layout.split_meta(s), bos)
+        for s in layout.SPLITS
+    }
     if all(w is not None for w in stored.values()):
         return stored
     splits = build_splits(config, tokenizer)
     if write:
         for split, windows in splits.items():
-            store.write_windows(layout.tokens(split), layout.meta(split), windows)
+            store.write_windows(layout.split_tokens(split), layout.split_meta(split), windows)
     return splits

@@ -3,8 +3,8 @@
 Sweep folder (schema 2):
     config.json                              settings, identity, versions, device, q_source
     windows/tokens.npy, windows/meta.csv     the windows' token ids and where each came from
-    shards/<model>/window_XXXXX.npz          per-window sufficient statistics + token sample
-    claims/<model>/block_XXXXX.json          a block some live run is computing (concurrency)
+    shards/<stage>/window_XXXXX.npz          per-window sufficient statistics + token sample
+    claims/<stage>/block_XXXXX.json          a block some live run is computing (concurrency)
     head_stats.csv, summary.json             the per-head table and the verdict
     token_sample.parquet, alpha_response.csv the pooled token sample; H against query scale
     attention_sample.npz, report.html        patterns of a few slices; the report
@@ -39,6 +39,9 @@ class Layout:
     WINDOWS = "windows"
     TOKENS_FILE = "tokens.npy"
     META_FILE = "meta.csv"
+    # What a finished run writes beside its shards, and its folders (what --overwrite removes).
+    OUTPUTS: ClassVar[tuple[str, ...]] = ()
+    FOLDERS: ClassVar[tuple[str, ...]] = ()
     DESCRIPTIONS: ClassVar[dict[str, str]] = {}
 
     def __post_init__(self) -> None:
@@ -111,9 +114,9 @@ class SweepLayout(Layout):
         "where ‖q‖ was read (`q_source`, with the kernel of each layer) and each layer's "
         "attention facts",
         f"{TOKENS}, {META}": "the windows' token ids; their source, document and offset",
-        f"{Layout.SHARDS}/<model>/window_XXXXX.npz": "per-window sufficient statistics and token "
-        "sample (the unit of resume)",
-        f"{Layout.CLAIMS}/<model>/block_XXXXX.json": "a block of windows a live run is computing",
+        f"{Layout.SHARDS}/<stage>/window_XXXXX.npz": "per-window sufficient statistics and token "
+        "sample of one model (stage `trained` or `random_init`; the unit of resume)",
+        f"{Layout.CLAIMS}/<stage>/block_XXXXX.json": "a block of windows a live run is computing",
         HEAD_STATS: "one row per (layer, head); columns below",
         Layout.SUMMARY: "the verdict: pass rule, criteria met or not, controls, beyond r",
         TOKEN_SAMPLE: "the token sample of both models: ‖q‖, H, keys seen, max attention, "
@@ -206,8 +209,8 @@ class BudgetLayout(Layout):
     def per_head(self) -> Path:
         return self.root / self.PER_HEAD
 
-    def tokens(self, split: str) -> Path:
+    def split_tokens(self, split: str) -> Path:
         return self.root / self.WINDOWS / split / self.TOKENS_FILE
 
-    def meta(self, split: str) -> Path:
+    def split_meta(self, split: str) -> Path:
         return self.root / self.WINDOWS / split / self.META_FILE

@@ -41,16 +41,17 @@ class Shards:
     arrays: SampleArrays
 
 
-def load_shards(layout: SweepLayout, model: str, window_ids: np.ndarray) -> Shards:
-    """Every window's shard of one model, in window order."""
-    missing = sorted(set(window_ids.tolist()) - layout.done_windows(model))
+def load_shards(layout: SweepLayout, stage: str, window_ids: np.ndarray) -> Shards:
+    """Every window's shard of one model (its stage: `trained` or `random_init`), in window
+    order; the token sample's `model` column names the stage."""
+    missing = sorted(set(window_ids.tolist()) - layout.done_windows(stage))
     if missing:
         raise SpectraError(
-            f"{layout.root}: {len(missing)} {model} windows have no shard (e.g. {missing[0]})."
+            f"{layout.root}: {len(missing)} {stage} windows have no shard (e.g. {missing[0]})."
         )
     stats, frames, samples = [], [], []
     for wid in window_ids.tolist():
-        shard = read_shard(layout, model, wid)
+        shard = read_shard(layout, stage, wid)
         if int(shard["stats_version"]) != STATS_VERSION:
             raise SpectraError(
                 f"{layout.root}: the shard of window {wid} was written by another version of "
@@ -63,7 +64,7 @@ def load_shards(layout: SweepLayout, model: str, window_ids: np.ndarray) -> Shar
             if k.startswith(SAMPLE_PREFIX)
         }
         samples.append(sample)
-        frames.append(sample_frame(sample, window_id=wid, model=model))
+        frames.append(sample_frame(sample, window_id=wid, model=stage))
     return Shards(np.stack(stats), pd.concat(frames, ignore_index=True), _arrays(samples))
 
 

@@ -28,7 +28,7 @@ import pandas as pd
 from spectra_interp.atomic import write_bytes_atomic
 from spectra_interp.corpus import Windows
 from spectra_interp.errors import SpectraError
-from spectra_interp.results.layout import SweepLayout
+from spectra_interp.results.layout import Layout
 
 CLAIM_STALE_S = float(os.environ.get("SPECTRA_CLAIM_STALE_H", "12")) * 3600
 
@@ -66,12 +66,13 @@ def read_json(path: Path) -> Any:
 # --- shards ------------------------------------------------------------------------------
 
 
-def write_shard(layout: SweepLayout, model: str, window_id: int, **arrays: np.ndarray) -> None:
-    write_npz(layout.shard(model, window_id), **arrays)
+def write_shard(layout: Layout, stage: str, window_id: int, **arrays: np.ndarray) -> None:
+    """One window's shard of `stage` (a model of the sweep, a stage of Phase 2), atomically."""
+    write_npz(layout.shard(stage, window_id), **arrays)
 
 
-def read_shard(layout: SweepLayout, model: str, window_id: int) -> dict[str, np.ndarray]:
-    with np.load(layout.shard(model, window_id)) as data:
+def read_shard(layout: Layout, stage: str, window_id: int) -> dict[str, np.ndarray]:
+    with np.load(layout.shard(stage, window_id)) as data:
         return {k: data[k] for k in data.files}
 
 
@@ -132,7 +133,7 @@ def release_claim(path: Path) -> None:
     path.unlink(missing_ok=True)
 
 
-def live_claims(layout: SweepLayout) -> list[dict[str, Any]]:
+def live_claims(layout: Layout) -> list[dict[str, Any]]:
     """Claims held by live runs other than this process (used to refuse --overwrite)."""
     folder = layout.root / layout.CLAIMS
     owners = [claim_owner(p) for p in folder.rglob("*.json")] if folder.is_dir() else []
@@ -185,7 +186,7 @@ def config_mismatch(existing: dict[str, Any], wanted: dict[str, Any]) -> list[st
     ]
 
 
-def prepare_folder(layout: SweepLayout, identity: dict[str, Any], overwrite: bool) -> bool:
+def prepare_folder(layout: Layout, identity: dict[str, Any], overwrite: bool) -> bool:
     """Make the folder ready for a run; True when it resumes (or joins) a run of the same
     identity. A folder of another identity is an error naming the differing settings, unless
     `overwrite` clears it first (refused while another run is using it)."""
@@ -217,7 +218,7 @@ def prepare_folder(layout: SweepLayout, identity: dict[str, Any], overwrite: boo
     return True
 
 
-def _clear(layout: SweepLayout) -> None:
+def _clear(layout: Layout) -> None:
     """Remove what a Spectra run writes (and nothing else a user may keep there)."""
     for name in layout.FOLDERS:
         shutil.rmtree(layout.path(name), ignore_errors=True)

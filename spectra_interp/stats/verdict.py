@@ -209,7 +209,8 @@ class Verdict:
         return from_json(cls, {"thresholds": {}, **data}, "summary.json")
 
     def text(self) -> str:
-        return verdict_text(self)
+        """A few printable lines: the counts, each criterion, the controls, beyond r."""
+        return _text(self)
 
 
 # --- computing -------------------------------------------------------------------------------
@@ -487,8 +488,7 @@ def _controls_line(ctl: Controls) -> str:
     )
 
 
-def verdict_text(summary: Verdict) -> str:
-    """A few printable lines from a `Verdict`."""
+def _text(summary: Verdict) -> str:
     p = summary.passing
     share_neg = "n/a" if p.share_negative is None else f"{p.share_negative:.0%}"
     lines = [

@@ -153,8 +153,8 @@ def comparison_rows(summary: dict) -> list[dict]:
         rows.append(
             {
                 "budget": f"{c.get('budget', float('nan')):g}",
-                "diff": _num(test.get("kl_diff"), "{:+.2e}"),
-                "p": _num(test.get("p_one_sided"), "{:.3g}"),
+                "diff": _formatted(test.get("kl_diff"), "{:+.2e}"),
+                "p": _formatted(test.get("p_one_sided"), "{:.3g}"),
                 "beats": bool(test.get("beats")),
                 "closed": f"{pct(closed)} [{pct(closed, 'ci_low')}, {pct(closed, 'ci_high')}]",
                 "control": pct(control),
@@ -163,7 +163,7 @@ def comparison_rows(summary: dict) -> list[dict]:
     return rows
 
 
-def _num(value: object, fmt: str) -> str:
+def _formatted(value: object, fmt: str) -> str:
     return fmt.format(value) if isinstance(value, int | float) and np.isfinite(value) else "—"
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
-from jaxtyping import Float, Int
+from jaxtyping import Bool, Float, Int
 from plotly.subplots import make_subplots
 
 from spectra_interp.stats.columns import CI
@@ -27,7 +27,7 @@ QNORM_COLOR, ENTROPY_COLOR = POSITIVE, "#16a085"
 CONTROL_COLORS = {"trained": "#34495e", "permutation": "#e67e22", "random init": "#8e44ad"}
 
 
-def _num(value: object) -> float:
+def _as_float(value: object) -> float:
     """A float, or NaN for anything missing or non-numeric."""
     try:
         out = float(value)  # type: ignore[arg-type]
@@ -36,7 +36,7 @@ def _num(value: object) -> float:
     return out
 
 
-def passes_mask(table: pd.DataFrame) -> Int[np.ndarray, " row"]:
+def passes_mask(table: pd.DataFrame) -> Bool[np.ndarray, " row"]:
     """The `passes` column as booleans (CSV round-trips and missing columns tolerated)."""
     if "passes" not in table:
         return np.zeros(len(table), dtype=bool)
@@ -85,21 +85,21 @@ def head_title(
 ) -> str:
     """One line naming a head with its r (the random-init model's own r for model
     "random_init"), interval, q-value and how many tokens the figure shows."""
-    parts = [f"L{int(_num(row.get('layer')))} H{int(_num(row.get('head')))}"]
+    parts = [f"L{int(_as_float(row.get('layer')))} H{int(_as_float(row.get('head')))}"]
     if model == "random_init":
-        parts.append(f"random init · r = {_num(row.get('random_init_r')):+.3f}")
+        parts.append(f"random init · r = {_as_float(row.get('random_init_r')):+.3f}")
     else:
-        r = _num(row.get("pearson_r"))
+        r = _as_float(row.get("pearson_r"))
         if np.isfinite(r):
             text = f"r = {r:+.3f}"
-            lo, hi = _num(row.get("ci_low")), _num(row.get("ci_high"))
+            lo, hi = _as_float(row.get("ci_low")), _as_float(row.get("ci_high"))
             if np.isfinite(lo) and np.isfinite(hi):
                 text += f" [{lo:+.3f}, {hi:+.3f}]"
             parts.append(text)
-        q = _num(row.get("q_fdr"))
+        q = _as_float(row.get("q_fdr"))
         if np.isfinite(q):
             parts.append(f"q = {format_number(q)}")
-    n = _num(row.get("n_tokens"))
+    n = _as_float(row.get("n_tokens"))
     if sampled is not None and np.isfinite(n):
         parts.append(f"{sampled:,} sampled of {int(n):,} tokens")
     elif np.isfinite(n):

@@ -10,7 +10,7 @@ from spectra_interp.errors import SpectraError
 from spectra_interp.stats.moments import correlations
 from spectra_interp.stats.sample import sample_frame
 from spectra_interp.stats.table import head_table
-from spectra_interp.stats.verdict import verdict, verdict_text
+from spectra_interp.stats.verdict import verdict
 
 
 def test_head_table_same_for_merged_runs():
@@ -125,10 +125,10 @@ def test_within_window_decomposition_and_permutation_nulls():
         )
     pooled = verdict(table)
     exact = verdict(table, perm_column="perm_r_within")
-    assert not pooled["criteria"]["randomization_control"]["met"]
-    assert exact["criteria"]["randomization_control"]["met"]
-    assert exact["controls"]["within_window"]["mean_abs_within_window_r"] > 0.4
-    assert "window means removed" in verdict_text(exact)
+    assert not pooled.criteria.randomization_control.met
+    assert exact.criteria.randomization_control.met
+    assert exact.controls.within_window.mean_abs_within_window_r > 0.4
+    assert "window means removed" in exact.text()
 
 
 def test_head_table_at_llama_scale():

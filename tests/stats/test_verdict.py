@@ -8,7 +8,7 @@ import pytest
 
 from spectra_interp.records import to_json
 from spectra_interp.stats.criteria import Criteria
-from spectra_interp.stats.verdict import RunFacts, Verdict, interpretation, verdict, verdict_text
+from spectra_interp.stats.verdict import RunFacts, Verdict, interpretation, verdict
 
 
 def make_table(rs, qs, layers, perm=0.0, random_r=np.nan):
@@ -50,13 +50,13 @@ def test_verdict_counts_and_criteria():
     assert s.all_criteria_met
     assert not s.controls.random_init.available
     json.dumps(s.to_json(), allow_nan=False)
-    text = verdict_text(s)
+    text = s.text()
     assert "passing" in text and "75% negative" in text and "all seed criteria met" in text
 
     strict = verdict(table, Criteria(fdr=0.0001))
     assert strict.passing.total == 0 and strict.passing.share_negative is None
     assert not strict.criteria.significance.met and not strict.all_criteria_met
-    assert "NOT met" in verdict_text(strict)
+    assert "NOT met" in strict.text()
 
     biased = verdict(make_table(rs, qs, [0] * 10, perm=0.03, random_r=0.1))
     assert not biased.criteria.randomization_control.met
@@ -88,7 +88,7 @@ def test_beyond_r_and_the_interpretation_say_what_the_numbers_say():
     assert lines[0].startswith("Success criteria of the original plan: all met")
     assert lines[1] == f"Beyond position: {beyond.finding}"
     assert "median temperature share is 0.80" in lines[2]
-    assert "Beyond r:" in verdict_text(s)
+    assert "Beyond r:" in s.text()
     few = table.assign(delta_r2_ci_low=-0.1, delta_r2_ci_high=0.1)
     assert verdict(few).beyond_r.finding.startswith("‖q‖ adds little beyond position")
     assert "whose 90% CI excludes 0" in verdict(few, ci_level=0.9).beyond_r.finding

@@ -87,7 +87,7 @@ OVERWRITE_KEY = hp_key("overwrite")
 RESERVED_KEYS = (OUT_KEY,)
 
 
-def render_value(value: Any) -> str:
+def hyperparameter_value(value: Any) -> str:
     """A preset (TOML) value as hyperparameter text, shell-quoted like a flag's values."""
     if isinstance(value, bool):
         return "true" if value else "false"
@@ -100,7 +100,7 @@ def render_value(value: Any) -> str:
 def _headline() -> tuple[tuple[str, str], ...]:
     preset = settings.read_preset(SweepConfig, cli.PHASE1_PRESET)
     return tuple(
-        (hp_key(name), render_value(value))
+        (hp_key(name), hyperparameter_value(value))
         for name, value in preset.items()
         if hp_key(name) != DEVICE_KEY
     )
