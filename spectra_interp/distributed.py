@@ -76,7 +76,7 @@ class Dist:
         mine = {name: (root / name).read_bytes() for name in relative if (root / name).exists()}
         gathered: list[dict[str, bytes]] | None = [{}] * self.world_size if self.rank == 0 else None
         torch_dist.gather_object(mine, gathered, dst=0)
-        if self.rank == 0:
+        if gathered is not None:
             for files in gathered:
                 for name, data in files.items():
                     if not (root / name).exists():

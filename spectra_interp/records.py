@@ -54,7 +54,7 @@ def _build(hint: Any, data: Any, where: str) -> Any:
                 values[f.name] = _build(hints[f.name], data[f.name], f"{where}.{f.name}")
             elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
                 raise SpectraError(f"{where} has no {f.name!r}.")
-        return hint(**values)
+        return typing.cast(Any, hint)(**values)
     if origin is list and isinstance(data, list):
         return [_build(args[0], v, f"{where}[{i}]") for i, v in enumerate(data)] if args else data
     if origin is dict and isinstance(data, dict):

@@ -76,7 +76,7 @@ def prepare_splits(
         for s in layout.SPLITS
     }
     if all(w is not None for w in stored.values()):
-        return stored
+        return {s: w for s, w in stored.items() if w is not None}
     splits = build_splits(config, tokenizer)
     if write:
         for split, windows in splits.items():

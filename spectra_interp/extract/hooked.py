@@ -71,7 +71,7 @@ def stream(
 
         return hook
 
-    def on_scores(layer: int) -> Callable:
+    def on_scores(layer: int, request: SampleRequest) -> Callable:
         def hook(scores: Tensor, hook: Any) -> None:
             out.add_extras(spec, layer, scores, request)
 
@@ -87,7 +87,7 @@ def stream(
     for layer in range(spec.n_layers):
         fwd_hooks.append((hooks.attn_hook(spec.q_hook, layer), on_q(layer)))
         if request is not None:
-            fwd_hooks.append((hooks.attn_hook("attn_scores", layer), on_scores(layer)))
+            fwd_hooks.append((hooks.attn_hook("attn_scores", layer), on_scores(layer, request)))
         fwd_hooks.append((hooks.attn_hook("pattern", layer), on_pattern(layer)))
     model.run_with_hooks(
         tokens,

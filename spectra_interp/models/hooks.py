@@ -3,7 +3,8 @@ spells them."""
 
 from __future__ import annotations
 
-from transformer_lens.utilities import get_act_name
+# Re-exported by transformer_lens.utilities without an __all__, hence the pyright rule.
+from transformer_lens.utilities import get_act_name  # pyright: ignore[reportPrivateImportUsage]
 
 
 def attn_hook(kind: str, layer: int) -> str:

@@ -137,7 +137,7 @@ def gguf_as_hf_folder(gguf: Path) -> Path:
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise SpectraError(f"transformers could not read the GGUF file {gguf}: {first}") from err
     config = model.config
-    del config.quantization_config
+    delattr(config, "quantization_config")
     plain = AutoModelForCausalLM.from_config(with_architectures(config), dtype=torch.float32)
     plain.load_state_dict(model.state_dict())
     with atomic_folder(folder) as tmp:

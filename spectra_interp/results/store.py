@@ -52,7 +52,8 @@ def write_csv(path: Path, frame: pd.DataFrame) -> None:
 
 
 def write_npz(path: Path, **arrays: np.ndarray) -> None:
-    write_with(path, lambda buf: np.savez(buf, **arrays))
+    named: dict[str, Any] = arrays  # names, never savez's own keywords
+    write_with(path, lambda buf: np.savez(buf, **named))
 
 
 def write_parquet(path: Path, frame: pd.DataFrame) -> None:

@@ -52,9 +52,16 @@ class Experiment(Protocol):
     """A phase of the project on the engine: its settings and results folder, what it checks
     and writes before the stages, its stages, and its merge."""
 
-    config: RunConfig
-    layout: Layout
-    resume_stage: str  # the stage whose finished windows a resumed run reports
+    @property
+    def config(self) -> RunConfig: ...
+
+    @property
+    def layout(self) -> Layout: ...
+
+    @property
+    def resume_stage(self) -> str:
+        """The stage whose finished windows a resumed run reports."""
+        ...
 
     def disk_bytes(self, hf_config: Any) -> int:
         """Check the settings against the model's config; the disk the run will write."""

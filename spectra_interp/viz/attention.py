@@ -30,7 +30,7 @@ TOKEN_VIEW_LABELS = ["entropy H (nats)", "‖q‖"]
 def bundle_js() -> str:
     """circuitsvis' browser bundle (defines the global `CircuitsVis`), safe to inline: no
     `</script`, and no source-map comment (which would make a browser fetch a missing file)."""
-    path = Path(circuitsvis.__file__).parent / "dist" / "cdn" / "iife.js"
+    path = Path(str(circuitsvis.__file__)).parent / "dist" / "cdn" / "iife.js"
     if not path.is_file():
         raise SpectraError(f"circuitsvis' JavaScript bundle is missing at {path}.")
     text = path.read_text(encoding="utf-8")

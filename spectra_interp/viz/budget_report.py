@@ -127,7 +127,7 @@ def rule_grids(per_head: pd.DataFrame) -> dict[str, dict[str, list]]:
         return rows.pivot(index="layer", columns="head", values=column).sort_index().to_numpy()
 
     def clean(a: np.ndarray) -> list:
-        return np.where(np.isfinite(a), a.round(5), None).tolist()
+        return np.where(np.isfinite(a), a.round(5), np.array(None)).tolist()
 
     return {
         f"{b:g}": {

@@ -147,7 +147,7 @@ def metrics_payload(table: pd.DataFrame) -> dict[str, dict]:
             z = figures.grid(table, values)
             out[name] = {
                 "label": metric.label,
-                "z": np.where(np.isfinite(z), z, None).tolist(),
+                "z": np.where(np.isfinite(z), z, np.array(None)).tolist(),
                 "zmin": metric.zmin,
                 "zmax": metric.zmax,
                 "colorscale": metric.colorscale,
@@ -439,6 +439,7 @@ def template_environment() -> jinja2.Environment:
 
 def asset(name: str) -> Markup:
     env = template_environment()
+    assert env.loader is not None, "template_environment() sets a loader"
     return Markup(env.loader.get_source(env, name)[0])
 
 
