@@ -15,7 +15,7 @@ import torch
 
 from spectra_interp import models
 from spectra_interp.config import SweepConfig
-from spectra_interp.corpus import Windows, added_bos_id, load_corpus
+from spectra_interp.corpus import Windows, load_corpus
 from spectra_interp.distributed import Dist
 from spectra_interp.extract import SampleRequest, extract, q_source
 from spectra_interp.extract.slices import attention_slice
@@ -23,6 +23,7 @@ from spectra_interp.results import store
 from spectra_interp.results.layout import SCHEMA_VERSION, SweepLayout
 from spectra_interp.results.load import load_shards, shard_record
 from spectra_interp.runner import Log, Run, Stage, release_memory, run_experiment, run_record
+from spectra_interp.runner.windows import stored_or_built
 from spectra_interp.stats.beyond import alpha_response
 from spectra_interp.stats.clusters import Clusters
 from spectra_interp.stats.moments import N_MOMENTS, Moments
@@ -41,6 +42,7 @@ def control_source(config: SweepConfig) -> tuple[str, int]:
 
 
 TRAINED, RANDOM_INIT = "trained", "random_init"
+WINDOWS = "windows"  # the sweep's one set of windows
 
 
 def model_stages(config: SweepConfig) -> Iterator[tuple[str, str, int]]:
@@ -135,22 +137,22 @@ def prepare_windows(
 ) -> Windows:
     """The run's windows: read back from the folder on resume, else built (and written once, by
     the process that `write`s)."""
-    bos = added_bos_id(tokenizer) is not None
-    stored = store.read_windows(layout.tokens, layout.meta, bos)
-    if stored is not None:
-        return stored
-    windows = load_corpus(
-        config.corpus,
-        tokenizer,
-        config.ctx,
-        stride=config.stride,
-        max_windows=config.max_windows,
-        seed=config.seed,
-        pack=config.pack,
-    )
-    if write:
-        store.write_windows(layout.tokens, layout.meta, windows)
-    return windows
+
+    def build() -> dict[str, Windows]:
+        return {
+            WINDOWS: load_corpus(
+                config.corpus,
+                tokenizer,
+                config.ctx,
+                stride=config.stride,
+                max_windows=config.max_windows,
+                seed=config.seed,
+                pack=config.pack,
+            )
+        }
+
+    files = {WINDOWS: (layout.tokens, layout.meta)}
+    return stored_or_built(files, tokenizer, build, write)[WINDOWS]
 
 
 def estimate_bytes(config: SweepConfig, n_layers: int, n_heads: int) -> int:

@@ -148,18 +148,3 @@ def test_shards_of_ranks_on_other_machines_reach_rank_0(tmp_path):
     assert host0.done_windows("trained") == {0, 1}
     np.testing.assert_array_equal(store.read_shard(host0, "trained", 1)["stats"], [1.0] * 3)
     assert host1.done_windows("trained") == {1}
-
-
-def test_own_shards_deal_every_shard_of_every_stage_to_exactly_one_rank(tmp_path):
-    from spectra_interp.distributed import Dist
-    from spectra_interp.runner import own_shards
-
-    layout = SweepLayout(tmp_path)
-    ids = np.array([3, 5, 8, 13, 21])
-    dealt = [
-        own_shards(ids, ["trained", "random_init"], 2, layout, Dist(rank=r, world_size=2))
-        for r in range(2)
-    ]
-    assert all(dealt) and not set(dealt[0]) & set(dealt[1])
-    every = {layout.relative_shard(s, int(w)) for s in ("trained", "random_init") for w in ids}
-    assert set(dealt[0]) | set(dealt[1]) == every

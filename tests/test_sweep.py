@@ -14,7 +14,6 @@ from sweep_helpers import ROOT, run_sweep_cli, sweep_cmd
 from spectra_interp.config import SweepConfig
 from spectra_interp.results import store
 from spectra_interp.results.layout import SweepLayout
-from spectra_interp.runner import blocks
 from spectra_interp.stats.columns import HEAD_COLUMNS
 from spectra_interp.sweep import control_source, strongest_heads
 
@@ -123,11 +122,6 @@ def test_overwrite_replaces_a_folder_of_other_settings(tmp_path):
     config = SweepConfig(out=str(layout.root), overwrite=True)
     assert store.prepare_folder(layout, config.identity(), overwrite=True) is False
     assert not (layout.root / "shards").exists() and not layout.config.exists()
-
-
-def test_blocks_are_fixed_by_window_index():
-    got = [b.rows.tolist() for b in blocks(5, 2)]
-    assert got == [[0, 1], [2, 3], [4]]
 
 
 def test_random_init_control_source():

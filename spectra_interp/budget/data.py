@@ -15,10 +15,10 @@ import numpy as np
 import pandas as pd
 
 from spectra_interp.config import BudgetConfig
-from spectra_interp.corpus import Document, Windows, added_bos_id, load_documents, make_windows
+from spectra_interp.corpus import Document, Windows, load_documents, make_windows
 from spectra_interp.errors import SpectraError
-from spectra_interp.results import store
 from spectra_interp.results.layout import BudgetLayout
+from spectra_interp.runner.windows import stored_or_built
 
 
 def split_documents(
@@ -70,15 +70,5 @@ def prepare_splits(
 ) -> dict[str, Windows]:
     """The run's windows: read back from the folder on resume, else built (and written once,
     by the process that `write`s)."""
-    bos = added_bos_id(tokenizer) is not None
-    stored = {
-        s: store.read_windows(layout.split_tokens(s), layout.split_meta(s), bos)
-        for s in layout.SPLITS
-    }
-    if all(w is not None for w in stored.values()):
-        return {s: w for s, w in stored.items() if w is not None}
-    splits = build_splits(config, tokenizer)
-    if write:
-        for split, windows in splits.items():
-            store.write_windows(layout.split_tokens(split), layout.split_meta(split), windows)
-    return splits
+    files = {s: (layout.split_tokens(s), layout.split_meta(s)) for s in layout.SPLITS}
+    return stored_or_built(files, tokenizer, lambda: build_splits(config, tokenizer), write)
