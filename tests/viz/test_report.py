@@ -1,6 +1,7 @@
 """report.html from a results folder: its contents, its size, and how it behaves in Chromium."""
 
 import base64
+import html
 import json
 import re
 import shutil
@@ -84,7 +85,7 @@ def test_head_panels_are_the_figure_functions_own_numbers(small):
         spec = panels[model]["1,2"]["density"]["traces"][0]["customdata"]
         bins = report.DENSITY_BINS
         got = np.frombuffer(base64.b64decode(spec["bdata"]), dtype=np.uint16).reshape(bins, bins)
-        assert spec["shape"] == f"{bins},{bins}" and (got == want.counts).all()
+        assert spec["shape"].replace(" ", "") == f"{bins},{bins}" and (got == want.counts).all()
     title = panels["trained"]["1,2"]["density"]["title"]
     n_tokens = int(res.head(1, 2)["n_tokens"])
     assert "L1 H2" in title and f"{len(res.sample(1, 2)):,} sampled of {n_tokens:,} tokens" in title
@@ -120,7 +121,7 @@ def test_report_is_one_file_with_everything_inline(small):
 def _untitled_headers(html: str) -> list[str]:
     """Column and row headers with text but no tooltip."""
     return [
-        h for a, h in re.findall(r"<th([^>]*)>(.*?)</th>", html, re.S) if h and "title=" not in a
+        h for a, h in re.findall(r"<th(\s[^>]*)?>(.*?)</th>", html, re.S) if h and "title=" not in a
     ]
 
 
@@ -130,8 +131,17 @@ def test_every_number_on_the_page_says_what_it_is(small):
     assert len(cards) >= 6 and all('title="' in c for c in cards)
     assert 'title="the pass rule holds' in page  # the glossary's own text, not a copy
     controls = re.search(r'<table class="grid controls">.*?</table>', page, re.S).group(0)
-    tops = re.findall(r'<table class="grid">\s*<tr><th title.*?</table>', page, re.S)
+    tops = re.findall(r'<table class="grid tops">\s*<tr><th title.*?</table>', page, re.S)
     assert tops and _untitled_headers(controls + "".join(tops)) == []
+    tables = [controls, *tops] + [
+        re.search(rf'<table [^>]*id="{name}".*?</table>', page, re.S).group(0)
+        for name in ("layer-table", "head-table", "files", "windows-table")
+    ]
+    for table in tables:
+        assert _untitled_headers(table) == []
+        for attrs, text in re.findall(r"<th(\s[^>]*)?>(.*?)</th>", table, re.S):
+            title = html.unescape(re.search(r'title="([^"]*)"', attrs).group(1))
+            assert title.startswith(html.unescape(text) + ":"), (text, title)
 
 
 def test_report_renders_any_summary_and_missing_parts(tmp_path, small):

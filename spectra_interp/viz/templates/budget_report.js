@@ -1,6 +1,6 @@
 (function () {
   const D = JSON.parse(document.getElementById('spectra-data').textContent);
-  const CFG = {responsive: true, displaylogo: false};
+  const CFG = D.plotly_config;
   const $ = (id) => document.getElementById(id);
   const clone = (x) => structuredClone(x);
   Object.entries(D.figures).forEach(([name, fig]) =>
@@ -18,9 +18,8 @@
     const trace = {type: 'heatmap', z: z, colorscale: colorscale,
       hovertemplate: 'layer %{y}, head %{x}: %{z:.3f}<extra></extra>'};
     if (zmid !== undefined) trace.zmid = zmid;
-    Plotly.react(id, [trace], {title: {text: title}, height: 420,
-      xaxis: {title: 'head', dtick: 1}, yaxis: {title: 'layer'},
-      margin: {l: 60, r: 10, t: 40, b: 50}}, CFG);
+    Plotly.react(id, [trace], {template: D.template, title: {text: title}, height: 420,
+      xaxis: {title: {text: 'head'}, dtick: 1}, yaxis: {title: {text: 'layer'}}}, CFG);
   }
   function showHeads() {
     const arm = armSel.value, budget = budgetSel.value;
@@ -30,7 +29,7 @@
   function showRule() {
     const which = ruleSel.value, budget = budgetSel.value;
     const title = ruleSel.options[ruleSel.selectedIndex].textContent + ' · budget ' + budget;
-    heatmap('rule-heatmap', (D.rules[budget] || {})[which] || [], title, 'RdBu', 0);
+    heatmap('rule-heatmap', (D.rules[budget] || {})[which] || [], title, D.diverging, 0);
   }
   armSel.addEventListener('change', showHeads);
   budgetSel.addEventListener('change', () => { showHeads(); showRule(); });
