@@ -39,3 +39,20 @@ def open_page(width: int = 1400, height: int = 1000) -> Iterator[Browsing]:
             yield seen
         finally:
             browser.close()
+
+
+def pixel(page: Any, x: float, y: float) -> tuple[int, int, int]:
+    """The RGB colour a person sees at viewport point (x, y): a 1 x 1 screenshot, decoded (a
+    single pixel's PNG scanline is its raw bytes whatever the row filter)."""
+    import struct
+    import zlib
+
+    png = page.screenshot(clip={"x": x, "y": y, "width": 1, "height": 1})
+    pos, idat = 8, b""
+    while pos < len(png):
+        length, kind = struct.unpack(">I4s", png[pos : pos + 8])
+        if kind == b"IDAT":
+            idat += png[pos + 8 : pos + 8 + length]
+        pos += 12 + length
+    raw = zlib.decompress(idat)
+    return raw[1], raw[2], raw[3]

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 import plotly.io as pio
-from jaxtyping import Float, Int
+from jaxtyping import Bool, Float, Int
 from plotly.colors import diverging
 from plotly.subplots import make_subplots
 
@@ -46,14 +46,19 @@ def _num(value: object) -> float:
     return out
 
 
-def passes_mask(table: pd.DataFrame) -> Int[np.ndarray, " row"]:
-    """The `passes` column as booleans (CSV round-trips and missing columns tolerated)."""
-    if "passes" not in table:
+def bool_column(table: pd.DataFrame, name: str) -> Bool[np.ndarray, " row"]:
+    """A yes/no column as booleans (CSV round-trips tolerated; a missing column is all False)."""
+    if name not in table:
         return np.zeros(len(table), dtype=bool)
-    col = table["passes"]
+    col = table[name]
     if col.dtype == bool:
         return col.to_numpy()
     return col.astype(str).str.strip().str.lower().isin(["true", "1", "yes"]).to_numpy()
+
+
+def passes_mask(table: pd.DataFrame) -> Bool[np.ndarray, " row"]:
+    """The `passes` column as booleans."""
+    return bool_column(table, "passes")
 
 
 def sign_of(table: pd.DataFrame) -> Int[np.ndarray, " row"]:

@@ -104,9 +104,7 @@ def summary_facts(summary: dict) -> SummaryFacts:
 
 def figure_heads(table: pd.DataFrame) -> pd.DataFrame:
     """The heads the figures show: all but those head_stats marks degenerate."""
-    if DEGENERATE not in table:
-        return table
-    return table[~figures.passes_mask(table.rename(columns={DEGENERATE: "passes"}))]
+    return table[~figures.bool_column(table, DEGENERATE)].reset_index(drop=True)
 
 
 def _patch(traces: list[dict[str, np.ndarray]], title: str) -> dict:
@@ -458,7 +456,8 @@ LAYER_COLUMNS = {
 }
 # The sortable head table's columns (those the run has).
 HEAD_TABLE_COLUMNS = (
-    "layer", "head", "pearson_r", "ci_low", "ci_high", "q_fdr", "passes", "partial_r_position",
+    "layer", "head", "pearson_r", "ci_low", "ci_high", "q_fdr", "passes", DEGENERATE,
+    "partial_r_position",
     "delta_r2", "temperature_share", "random_init_r", "auroc_low_entropy", "n_tokens",
 )  # fmt: skip
 
@@ -561,7 +560,7 @@ def run_parts(config: dict, results: Results) -> list[tuple[str, str]]:
 
 
 def run_line(config: dict, results: Results) -> str:
-    """The run line as HTML (`<b>label</b> value · ...`)."""
+    """The run line as HTML: each label in bold, then its value, joined by " · "."""
     return str(macros().run_line(run_parts(config, results)))
 
 

@@ -112,9 +112,9 @@
     const first = s.doc_start === null ? s.start : s.doc_start;
     const where = s.doc === null ? 'window position' : 'position in ' + s.doc;
     note.textContent = s.label + ', layer ' + l + ', head ' + h + ': attention among these ' + T +
-      ' tokens (keys before the slice are not drawn; H is over every key a query sees). Each ' +
-      'token is labelled with its ' + where + '.';
-    const labelled = s.tokens.map((t, i) => (first + i) + ' ' + t);
+      ' tokens (keys before the slice are not drawn; H is over every key a query sees). Labels: ' +
+      'token @ its ' + where + ' (its index in the slice).';
+    const labelled = s.tokens.map((t, i) => t + ' @' + (first + i));
     renderCV('pattern-view', 'AttentionPattern', {tokens: labelled, attention: att,
       maxValue: 1, minValue: 0, maskUpperTri: true, showAxisLabels: true});
     renderCV('token-view', 'ColoredTokensMulti', {tokens: s.tokens, values: values,
