@@ -544,7 +544,10 @@ def uncertainty_figure(table: pd.DataFrame, criteria: Criteria | None = None) ->
     passing = passes_mask(t)
     labels = _head_labels(t)
     fig = go.Figure()
-    for mask, name, color in ((passing, "passes", NEGATIVE), (~passing, "does not", "#95a5a6")):
+    for mask, name, color in (
+        (passing, "passes", NEGATIVE),
+        (~passing, "does not pass", "#95a5a6"),
+    ):
         fig.add_trace(
             go.Scatter(
                 x=np.arange(len(t))[mask],
@@ -620,7 +623,7 @@ def robustness_figure(
         y=needed,
         line={"dash": "dash", "color": "#27ae60"},
         annotation_text=f"needed: {needed} of {len(table)} ({criteria.min_share:.0%})",
-        annotation_position="top right",
+        annotation_position="bottom left",
     )
     fig.add_vline(x=criteria.r_threshold, line={"dash": "dot", "color": "#555"})
     holding = counts[counts["heads"] >= needed]
@@ -634,7 +637,9 @@ def robustness_figure(
                 marker={"size": 12, "symbol": "circle-open", "color": "#27ae60",
                         "line": {"width": 2}},
                 text=[f"holds up to |r| ≥ {last['cutoff']:.2f}"],
-                textposition="top right",
+                textposition="top left"
+                if last["cutoff"] > counts["cutoff"].median()
+                else "top right",
                 name="last cutoff that holds",
                 hovertemplate="the count criterion holds up to |r| ≥ %{x:.2f}<extra></extra>",
             )
