@@ -726,8 +726,8 @@ def random_init_scatter(table: pd.DataFrame) -> go.Figure:
     fig.update_layout(
         template=TEMPLATE,
         title={"text": "trained r against random-init r, per head"},
-        xaxis={"title": {"text": "random-init r"}, "range": [-1, 1]},
-        yaxis={"title": {"text": "trained r"}, "range": [-1, 1]},
+        xaxis={"title": {"text": "random-init r"}, "range": [-1.05, 1.05]},
+        yaxis={"title": {"text": "trained r"}, "range": [-1.05, 1.05]},
         legend={"orientation": "h", "y": -0.2, "x": 0},
         margin={"b": 90},
     )
