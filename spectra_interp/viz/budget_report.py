@@ -24,7 +24,7 @@ from spectra_interp.results.load import read_json_object
 from spectra_interp.results.store import write_text
 from spectra_interp.viz.figures import RED_BLUE, TEMPLATE
 from spectra_interp.viz.page import fig_json, render_page
-from spectra_interp.viz.report import flat_config, labelled
+from spectra_interp.viz.provenance import flat_config, labelled
 
 ARM_COLORS = {
     DENSE: "#000000",

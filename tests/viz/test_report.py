@@ -164,32 +164,6 @@ def test_report_renders_any_summary_and_missing_parts(tmp_path, small):
     assert data["panels"] == {} and data["attention"] is None
 
 
-def test_provenance_names_windows_command_files_and_hashes(small):
-    import hashlib
-
-    from spectra_interp.config import SweepConfig
-    from spectra_interp.settings import flat_values
-
-    page = report.build_report(small).read_text(encoding="utf-8")
-    meta = pd.read_csv(small / "windows" / "meta.csv")
-    windows = re.search(r'<table class="grid" id="windows-table">.*?</table>', page, re.S).group(0)
-    assert windows.count("<tr>") == len(meta) + 1
-    assert all(f"<td>{doc}</td>" in windows for doc in meta["doc_id"])
-    config = json.loads((small / "config.json").read_text())
-    command = report.reproduce_command(config)
-    defaults = flat_values(SweepConfig())
-    for key in ("model", "ctx", "max_windows", "sample_per_window", "n_boot"):
-        value = config["config"][key]
-        flag = "--" + key.replace("_", "-")
-        assert (f"{flag} {value}" in command) == (value != defaults[key]), key
-    assert "--out" not in command and html.escape(command) in page
-    for name in ("head_stats.csv", "summary.json", "config.json", "windows/tokens.npy"):
-        digest = hashlib.sha256((small / name).read_bytes()).hexdigest()
-        assert f'href="{name}"' in page and digest in page, name
-    env = config["environment"]
-    assert env["git_commit"] in page
-
-
 def test_verdict_says_its_caveat_with_numbers_from_the_folder(small):
     page = report.build_report(small).read_text(encoding="utf-8")
     res = report.load_results(small)
