@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 from jaxtyping import Bool, Float
 
+from spectra_interp.budget.arms import PROPOSAL, RIVAL
 from spectra_interp.errors import SpectraError
 from spectra_interp.results.layout import (
     BUDGET_SCHEMA_VERSION,
@@ -33,7 +34,7 @@ from spectra_interp.stats.criteria import Criteria
 DEGENERATE = "degenerate"
 PHASE2 = 2
 # The Phase 2 comparison each budget's verdict is read from (summary.json "comparisons").
-PHASE2_TEST = "qnorm_vs_head_position"
+PHASE2_TEST = f"{PROPOSAL}_vs_{RIVAL}"
 
 
 @dataclass(frozen=True)

@@ -318,7 +318,10 @@ def profile_figure(compared: list[Compared], metric: str, title: str) -> go.Figu
             )
         )
     axis = dict(PROFILE_FIGURES)[metric]
-    return _layout(fig, title, "normalised depth: layer / (layers − 1)", axis)
+    fig = _layout(fig, title, "normalised depth: layer / (layers − 1)", axis)
+    if metric == "share_passing":
+        fig.update_yaxes(range=[-0.02, 1.02])
+    return fig
 
 
 def _head_text(t: pd.DataFrame) -> list[str]:
