@@ -37,11 +37,11 @@ from spectra_interp.viz.report import asset, json_for_script, render_value, temp
 
 COLORS = qualitative.Plotly
 CI_LEVEL = 0.95
-# (metric of `layer_profile`, axis title) of each per-layer figure.
+# (metric of `layer_profile`, title, axis title) of each per-layer figure.
 PROFILE_FIGURES = (
-    ("mean_r", "mean r(‖q‖, H) of the layer's heads"),
-    ("share_passing", "share of the layer's heads that pass"),
-    ("mean_delta_r2", "mean delta R² of the layer's heads"),
+    ("mean_r", "mean r per layer", "mean r(‖q‖, H) of the layer's heads"),
+    ("share_passing", "share of heads passing per layer", "share of the layer's heads that pass"),
+    ("mean_delta_r2", "mean delta R² per layer", "mean delta R² of the layer's heads"),
 )
 
 
@@ -83,18 +83,20 @@ def profile_of(run: SweepRun) -> pd.DataFrame:
     return profile
 
 
-def attach_phase2(sweeps: list[Compared], budget_runs: list[BudgetRun]) -> list[BudgetRun]:
+def attach_phase2(
+    sweeps: list[Compared], budget_runs: list[tuple[str, BudgetRun]]
+) -> list[tuple[str, BudgetRun]]:
     """Put each Phase 2 run on the row of its sweep: the same model at the same ctx, else the
-    only sweep of that model. Returns the Phase 2 runs left for rows of their own."""
+    only sweep of that model. Returns the (label, run) pairs left for rows of their own."""
     alone = []
-    for b in budget_runs:
+    for label, b in budget_runs:
         same = [c for c in sweeps if c.run.model == b.model]
         exact = [c for c in same if c.run.ctx == b.ctx]
         target = exact if len(exact) == 1 else same if len(same) == 1 else []
         if target:
             target[0].phase2.append(b)
         else:
-            alone.append(b)
+            alone.append((label, b))
     return alone
 
 
@@ -285,7 +287,7 @@ def _layout(fig: go.Figure, title: str, x: str, y: str, **extra: Any) -> go.Figu
     return fig
 
 
-def profile_figure(compared: list[Compared], metric: str, title: str) -> go.Figure:
+def profile_figure(compared: list[Compared], metric: str) -> go.Figure:
     """One per-layer statistic against normalised depth, one line per run with its
     cluster-bootstrap band."""
     fig = go.Figure()
@@ -317,8 +319,10 @@ def profile_figure(compared: list[Compared], metric: str, title: str) -> go.Figu
                 "[%{customdata[1]:.4f}, %{customdata[2]:.4f}]<extra></extra>",
             )
         )
-    axis = dict(PROFILE_FIGURES)[metric]
-    fig = _layout(fig, title, "normalised depth: layer / (layers − 1)", axis)
+    title, axis = next((t, a) for m, t, a in PROFILE_FIGURES if m == metric)
+    fig = _layout(
+        fig, f"{title} ({CI_LEVEL:.0%} bands)", "normalised depth: layer / (layers − 1)", axis
+    )
     if metric == "share_passing":
         fig.update_yaxes(range=[-0.02, 1.02])
     return fig
@@ -440,18 +444,15 @@ def load_page(folders: Sequence[str | Path]) -> Page:
         Compared(label, COLORS[i % len(COLORS)], run, profile_of(run))
         for i, (label, run) in enumerate(sweeps)
     ]
-    budget = {id(r): label for label, r in zip(labels, runs, strict=True)}
-    alone = attach_phase2(compared, [r for r in runs if isinstance(r, BudgetRun)])
-    rows = [sweep_row(c) for c in compared] + [budget_row(budget[id(b)], b) for b in alone]
+    budgets = [
+        (label, r) for label, r in zip(labels, runs, strict=True) if isinstance(r, BudgetRun)
+    ]
+    alone = attach_phase2(compared, budgets)
+    rows = [sweep_row(c) for c in compared] + [budget_row(label, b) for label, b in alone]
     figures: dict[str, go.Figure] = {}
     if compared:
-        for metric, _ in PROFILE_FIGURES:
-            title = {
-                "mean_r": "mean r per layer",
-                "share_passing": "share of heads passing per layer",
-                "mean_delta_r2": "mean delta R² per layer",
-            }[metric]
-            figures[metric] = profile_figure(compared, metric, f"{title} ({CI_LEVEL:.0%} bands)")
+        for metric, _, _ in PROFILE_FIGURES:
+            figures[metric] = profile_figure(compared, metric)
         figures["r_ecdf"] = r_distribution(compared)
     pairs = []
     for i, (a, b) in enumerate(same_architecture_pairs(compared)):
@@ -488,7 +489,7 @@ def compare_html(folders: Sequence[str | Path]) -> str:
             columns=COLUMNS,
             cells=table_cells(page.rows, page.differ),
             differ=list(names.values()),
-            profiles=[m for m, _ in PROFILE_FIGURES if m in page.figures],
+            profiles=[m for m, _, _ in PROFILE_FIGURES if m in page.figures],
             has_sweeps=bool(page.compared),
             pairs=page.pairs,
             resampling=resampling_note(page.compared),
