@@ -251,17 +251,24 @@ def differing(rows: list[dict[str, Any]]) -> list[str]:
     return [k for k in DIFFERENCES if len({str(r.get(k)) for r in sweeps}) > 1]
 
 
-def table_cells(rows: list[dict[str, Any]], differ: list[str]) -> list[list[dict[str, Any]]]:
-    """Every row's cells as shown: text and whether the cell is a highlighted difference."""
+def table_cells(rows: list[dict[str, Any]], differ: list[str]) -> list[dict[str, Any]]:
+    """The table transposed, one line per column of `COLUMNS` (the runs across): its header,
+    meaning, and each run's cell as shown with whether it is a highlighted difference."""
     return [
-        [
-            {
-                "text": "—" if row.get(c.key) is None else c.show(row[c.key]),
-                "differs": c.key in differ and row["kind"] == "sweep",
-            }
-            for c in COLUMNS
-        ]
-        for row in rows
+        {
+            "header": c.header,
+            "about": c.about,
+            "differs": c.key in differ,
+            "cells": [
+                {
+                    "text": "—" if row.get(c.key) is None else c.show(row[c.key]),
+                    "differs": c.key in differ and row["kind"] == "sweep",
+                }
+                for row in rows
+            ],
+        }
+        for c in COLUMNS
+        if c.key != "run"
     ]
 
 
@@ -486,8 +493,8 @@ def compare_html(folders: Sequence[str | Path]) -> str:
         template_environment()
         .get_template("compare.html.j2")
         .render(
-            columns=COLUMNS,
-            cells=table_cells(page.rows, page.differ),
+            runs_header=[r["run"] for r in page.rows],
+            lines=table_cells(page.rows, page.differ),
             differ=list(names.values()),
             profiles=[m for m, _, _ in PROFILE_FIGURES if m in page.figures],
             has_sweeps=bool(page.compared),
