@@ -117,7 +117,9 @@ def compare_command(argv: Sequence[str], prog: str = "spectra compare") -> int:
         description="Put finished results folders side by side in one self-contained page "
         "(sweeps, and Phase 2 folders shown with the sweep of their model); no model is loaded.",
     )
-    parser.add_argument("results_dirs", nargs="+", metavar="RESULTS_DIR")
+    parser.add_argument(
+        "results_dirs", nargs="+", metavar="RESULTS_DIR", help="a finished sweep or Phase 2 folder"
+    )
     parser.add_argument("--out", default="compare.html", help="the page to write")
     args = parser.parse_args(list(argv))
     from spectra_interp.viz.compare import build_compare

@@ -208,8 +208,8 @@ def _records(layout: Layout, kind: str, schema: int) -> tuple[dict, dict]:
         )
     if not layout.summary.is_file():
         raise SpectraError(
-            f"{layout.root} is not a finished {kind} folder (it has no {layout.SUMMARY} yet): "
-            "run the same command again to finish it."
+            f"{layout.root} is not a finished {kind} folder (it has no {layout.SUMMARY} yet: "
+            "its run is still going or was stopped, and the same command resumes it)."
         )
     return config, read_json_object(layout.summary)
 
@@ -218,8 +218,8 @@ def _require(layout: Layout, names: tuple[str, ...], kind: str) -> None:
     for name in names:
         if not layout.path(name).exists():
             raise SpectraError(
-                f"{layout.root} is not a finished {kind} folder (it has no {name}): run the "
-                "same command again to finish it."
+                f"{layout.root} is not a finished {kind} folder (it has no {name}: its run is "
+                "still going or was stopped, and the same command resumes it)."
             )
 
 
