@@ -11,6 +11,8 @@ from typing import Any
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
+# What a page may load without leaving the machine: itself, inline data, its own downloads.
+OUTSIDE = ("file:", "data:", "blob:")
 
 
 @dataclass
@@ -39,6 +41,29 @@ def open_page(width: int = 1400, height: int = 1000) -> Iterator[Browsing]:
             yield seen
         finally:
             browser.close()
+
+
+def block_outside(page: Any) -> None:
+    """Abort every request that would leave the machine (anything not in `OUTSIDE`)."""
+    page.route("**/*", lambda r: r.continue_() if r.request.url.startswith(OUTSIDE) else r.abort())
+
+
+def click_every_toolbar_button(page: Any) -> list[str]:
+    """Click every plotly toolbar button on the page (one of them downloads a PNG) and return
+    their titles; none may be a share or cloud button."""
+    buttons = page.locator(".modebar-btn")
+    titles = [buttons.nth(i).get_attribute("data-title") for i in range(buttons.count())]
+    assert titles and not any("share" in t.lower() or "cloud" in t.lower() for t in titles)
+    with page.expect_download(timeout=30_000):
+        for i in range(buttons.count()):
+            buttons.nth(i).dispatch_event("click")
+    page.wait_for_timeout(1000)
+    return titles
+
+
+def left_the_machine(seen: Browsing) -> list[str]:
+    """The requests the page attempted beyond `OUTSIDE` (blocked or not)."""
+    return [r for r in seen.requests if not r.startswith(OUTSIDE)]
 
 
 def pixel(page: Any, x: float, y: float) -> tuple[int, int, int]:

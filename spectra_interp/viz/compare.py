@@ -5,14 +5,15 @@ verdict per budget where a Phase 2 folder is given), per-layer figures against n
 with cluster-bootstrap intervals, the distribution of per-head r of each run, and for runs of the
 same architecture a head-by-head scatter of r. Folders are read with `results.runs.load_run`;
 no model is loaded and the page fetches nothing. Degenerate heads (head_stats.csv `degenerate`)
-are left out of every share and figure. The page is `templates/compare.html.j2` with its script
-beside it and the report's stylesheet.
+are left out of every share and figure. The page is `templates/compare.html.j2` (extending
+`base.html.j2`, rendered by `page.render_page`) with its script beside it and the report's
+stylesheet.
 """
 
 from __future__ import annotations
 
 import html
-import json
+import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from itertools import combinations
@@ -22,9 +23,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
-from markupsafe import Markup
 from plotly.colors import hex_to_rgb, qualitative
-from plotly.offline import get_plotlyjs
 
 from spectra_interp.errors import SpectraError
 from spectra_interp.results.runs import BudgetRun, SweepRun, load_run
@@ -32,11 +31,14 @@ from spectra_interp.results.store import write_text
 from spectra_interp.stats.clusters import Clusters
 from spectra_interp.stats.columns import HEAD_COLUMNS
 from spectra_interp.stats.layers import layer_profile
+from spectra_interp.stats.table import head_table
 from spectra_interp.viz.figures import TEMPLATE
-from spectra_interp.viz.report import asset, json_for_script, render_value, template_environment
+from spectra_interp.viz.page import fig_json, render_page
 
 COLORS = qualitative.Plotly
-CI_LEVEL = 0.95
+# The level of the per-head intervals (`head_table`'s `ci_level`, what a sweep runs with): the
+# per-layer bands are drawn at the same level.
+CI_LEVEL: float = inspect.signature(head_table).parameters["ci_level"].default
 # (metric of `layer_profile`, title, axis title) of each per-layer figure.
 PROFILE_FIGURES = (
     ("mean_r", "mean r per layer", "mean r(‖q‖, H) of the layer's heads"),
@@ -166,7 +168,7 @@ COLUMNS = (
     Column(
         "delta_r2_share",
         "delta R² CI excludes 0",
-        "share of heads whose 95% cluster-bootstrap interval of delta_r2 excludes 0",
+        f"share of heads whose {CI_LEVEL:.0%} cluster-bootstrap interval of delta_r2 excludes 0",
         _pct,
     ),  # fmt: skip
     Column("phase2", "Phase 2 verdict per budget", "does the qnorm arm beat head_position?"),
@@ -286,8 +288,6 @@ def _layout(fig: go.Figure, title: str, x: str, y: str, **extra: Any) -> go.Figu
         title={"text": title},
         xaxis={"title": {"text": x}},
         yaxis={"title": {"text": y}},
-        height=400,
-        margin={"l": 60, "r": 20, "t": 50, "b": 50},
         legend={"orientation": "h", "y": -0.2},
         **extra,
     )
@@ -421,10 +421,6 @@ def pair_scatter(a: Compared, b: Compared) -> tuple[go.Figure, float | None]:
     )
 
 
-def _fig(fig: go.Figure) -> dict:
-    return json.loads(fig.to_json())
-
-
 # --- the page ----------------------------------------------------------------------------------
 
 
@@ -485,35 +481,26 @@ def compare_html(folders: Sequence[str | Path]) -> str:
     page = load_page(folders)
     names = {k: DIFFERENCES[k] for k in page.differ}
     data = {
-        "figures": {k: _fig(v) for k, v in page.figures.items()},
+        "figures": {k: fig_json(v) for k, v in page.figures.items()},
         "rows": page.rows,
         "pairs": page.pairs,
     }
-    return (
-        template_environment()
-        .get_template("compare.html.j2")
-        .render(
-            runs_header=[r["run"] for r in page.rows],
-            lines=table_cells(page.rows, page.differ),
-            differ=list(names.values()),
-            profiles=[m for m, _, _ in PROFILE_FIGURES if m in page.figures],
-            has_sweeps=bool(page.compared),
-            pairs=page.pairs,
-            resampling=resampling_note(page.compared),
-            level=f"{CI_LEVEL:.0%}",
-            runs=[
-                {
-                    "label": c.label,
-                    "color": c.color,
-                    "summary_html": Markup(render_value(c.run.summary)),
-                }
-                for c in page.compared
-            ],
-            css=asset("report.css") + asset("compare.css"),
-            app_js=asset("compare.js"),
-            plotly_js=Markup(get_plotlyjs()),
-            data=Markup(json_for_script(data)),
-        )
+    return render_page(
+        "compare.html.j2",
+        css=["report.css", "compare.css"],
+        app_js="compare.js",
+        data=data,
+        runs_header=[r["run"] for r in page.rows],
+        lines=table_cells(page.rows, page.differ),
+        differ=list(names.values()),
+        profiles=[m for m, _, _ in PROFILE_FIGURES if m in page.figures],
+        has_sweeps=bool(page.compared),
+        pairs=page.pairs,
+        resampling=resampling_note(page.compared),
+        level=CI_LEVEL,
+        runs=[
+            {"label": c.label, "color": c.color, "summary": c.run.summary} for c in page.compared
+        ],
     )
 
 

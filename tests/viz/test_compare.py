@@ -13,7 +13,13 @@ import numpy as np
 import pandas as pd
 import pytest
 from arch_matrix import MATRIX
-from browser import ARTIFACTS, open_page
+from browser import (
+    ARTIFACTS,
+    block_outside,
+    click_every_toolbar_button,
+    left_the_machine,
+    open_page,
+)
 from budget.helpers import run_config, small_tokenizer
 
 from spectra_interp import settings
@@ -24,6 +30,8 @@ from spectra_interp.results.runs import BudgetRun, SweepRun, load_run, load_swee
 from spectra_interp.stats.clusters import Clusters
 from spectra_interp.stats.layers import layer_profile
 from spectra_interp.viz import compare
+from spectra_interp.viz.figures import TEMPLATE
+from spectra_interp.viz.page import PLOTLY_CONFIG, bundle_trace_types, fig_json, plotly_js
 
 SWEEP = {
     "max_windows": 16,
@@ -242,6 +250,7 @@ def test_compare_page_in_headless_chromium(folders, tmp_path):
     url = path.resolve().as_uri()
     with open_page() as seen:
         page = seen.page
+        block_outside(page)
         page.goto(url)
         page.wait_for_selector("body[data-ready='1']", timeout=60_000)
         ids = ["mean_r", "share_passing", "mean_delta_r2", "r_ecdf", "pair_0"]
@@ -270,8 +279,13 @@ def test_compare_page_in_headless_chromium(folders, tmp_path):
         assert f"r = {a.loc[(1, 2), 'pearson_r']:.4f}" in hover
         assert f"r = {b.loc[(1, 2), 'pearson_r']:.4f}" in hover
         page.screenshot(path=str(ARTIFACTS / "compare.png"), full_page=True)
+        assert set(seen.requests) == {url}, f"requests beyond the file: {set(seen.requests)}"
+        # every toolbar button of every figure, clicked with outside requests blocked
+        titles = click_every_toolbar_button(page)
+        assert len(titles) >= len(ids)
     assert seen.errors == [], f"console errors: {seen.errors}"
-    assert set(seen.requests) == {url}, f"requests beyond the file: {set(seen.requests) - {url}}"
+    outside_requests = left_the_machine(seen)
+    assert outside_requests == [], f"requests that would leave the machine: {outside_requests}"
 
 
 def test_layer_profile_without_clusters_to_resample_has_no_band(folders):
@@ -279,3 +293,22 @@ def test_layer_profile_without_clusters_to_resample_has_no_band(folders):
     one = Clusters(np.zeros(len(run.meta), dtype=np.int64), "document")
     profile = layer_profile(run.stats, one, run.included, run.criteria, n_boot=10)
     assert profile["mean_r_ci_low"].isna().all() and profile["mean_r"].notna().all()
+
+
+def test_the_page_is_the_shared_base_with_the_cartesian_bundle(folders):
+    import plotly.graph_objects as go
+
+    names = ("llama-32", "llama-48", "qwen3-32", "phase2")
+    html = compare.compare_html([folders[k] for k in names])
+    assert plotly_js() in html and html.count("<script>") == 2
+    block = re.search(r'<script type="application/json" id="spectra-data">(.*?)</script>', html)
+    data = json.loads(block.group(1))
+    assert data["plotly_config"] == PLOTLY_CONFIG
+    figs = data["figures"].values()
+    used = {t.get("type", "scatter") for f in figs for t in f["data"]}
+    assert used and used <= set(bundle_trace_types()), used
+    registered = fig_json(go.Figure(layout={"template": TEMPLATE}))["layout"]["template"]
+    assert all(f["layout"]["template"] == registered for f in figs)
+    level = f"{compare.CI_LEVEL:.0%}"
+    assert f"bands are {level} percentile intervals" in html
+    assert f"({level} bands)" in data["figures"]["mean_r"]["layout"]["title"]["text"]

@@ -19,7 +19,7 @@ def test_html_is_made_by_templates_only():
     """No page markup in the modules that make pages (figures.py writes plotly's own label
     markup, <br> and <b>, which plotly.js draws)."""
     tag = re.compile(r"<(table|tr|td|th|span|div|p|b|a|ul|li|section|h\d)[\s>/]")
-    for path in (VIZ / "report.py", VIZ / "budget_report.py", VIZ / "page.py"):
+    for path in (VIZ / n for n in ("report.py", "budget_report.py", "compare.py", "page.py")):
         assert not tag.search(path.read_text(encoding="utf-8")), path.name
 
 

@@ -10,7 +10,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from browser import ARTIFACTS, open_page, pixel
+from browser import (
+    ARTIFACTS,
+    block_outside,
+    click_every_toolbar_button,
+    left_the_machine,
+    open_page,
+    pixel,
+)
 from fake_results import make_fake_results
 
 from spectra_interp.errors import SpectraError
@@ -350,9 +357,6 @@ def test_phase2_reports_of_the_same_model_are_linked(small, tmp_path):
     assert links[0]["href"] == "../adaptive-smollm2-135m-ctx1024/report.html"
 
 
-OUTSIDE = ("file:", "data:", "blob:")
-
-
 @pytest.fixture(scope="module")
 def planted(smollm2_sized, tmp_path_factory) -> Path:
     """The default-sized folder with one temperature share above its colour range and one
@@ -379,9 +383,7 @@ def test_report_colours_marks_and_toolbar_in_chromium(planted):
     worst = table.loc[table["pearson_r"].idxmin()]
     with open_page() as seen:
         page = seen.page
-        page.route(
-            "**/*", lambda r: r.continue_() if r.request.url.startswith(OUTSIDE) else r.abort()
-        )
+        block_outside(page)
         _ready(page, url)
         # the colour of a negative r is the same before and after a metric switch, and red
         x, y = _cell_position(page, int(worst["layer"]), int(worst["head"]))
@@ -419,15 +421,9 @@ def test_report_colours_marks_and_toolbar_in_chromium(planted):
             assert drawn.count() == len(want)
             assert f"{len(want)} head" in page.locator("#metric-note").inner_text()
         # every toolbar button, clicked with outside requests blocked: none sends anything
-        buttons = page.locator(".modebar-btn")
-        titles = [buttons.nth(i).get_attribute("data-title") for i in range(buttons.count())]
-        assert titles and not any("share" in t.lower() or "cloud" in t.lower() for t in titles)
-        with page.expect_download(timeout=30_000):
-            for i in range(buttons.count()):
-                buttons.nth(i).dispatch_event("click")
-        page.wait_for_timeout(1000)
+        click_every_toolbar_button(page)
     assert seen.errors == [], f"console errors: {seen.errors}"
-    outside_requests = [r for r in seen.requests if not r.startswith(OUTSIDE)]
+    outside_requests = left_the_machine(seen)
     assert outside_requests == [], f"requests that would leave the machine: {outside_requests}"
 
 
