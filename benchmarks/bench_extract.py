@@ -41,11 +41,12 @@ def runners(model, tokens, layers_per_pass: int) -> dict:
     """One zero-argument callable per configuration."""
     import torch
 
-    from spectra_interp.extract import extract, fused
+    from spectra_interp.extract import extract
+    from spectra_interp.models.attention import attention_implementation, unbridged
 
     def plain(implementation: str):
         def run() -> None:
-            with fused.unbridged(model) as hf, fused.attention_implementation(hf, implementation):
+            with unbridged(model) as hf, attention_implementation(hf, implementation):
                 with torch.inference_mode():
                     hf.base_model(input_ids=tokens, use_cache=False)
 

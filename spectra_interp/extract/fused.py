@@ -18,14 +18,12 @@ Kernels (recorded per layer in config.json):
   (logit soft-capping: the cap bends the scores after q·k), and the reference for the others.
 
 The TransformerLens bridge reimplements attention and never calls the model's attention
-function, so this method runs the wrapped transformers model itself, with the bridge's modules
-swapped back for the originals for the length of one forward pass.
+function, so this method runs the wrapped transformers model itself (`models.attention`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -38,6 +36,7 @@ from torch import Tensor, nn
 
 from spectra_interp.extract.extras import SampleRequest, layer_extras
 from spectra_interp.models.architecture import AttentionSpec
+from spectra_interp.models.attention import CustomAttention, allowed_mask, repeat_kv
 
 NAME = "spectra_fused"
 KERNELS = ("flash_cpu", "flex", "exact")
@@ -57,23 +56,6 @@ class Collector:
     entropy: dict[int, Tensor] = field(default_factory=dict)
     extras: dict[int, dict[str, Tensor]] = field(default_factory=dict)
     used: dict[int, str] = field(default_factory=dict)
-
-
-_ACTIVE: contextvars.ContextVar[Collector | None] = contextvars.ContextVar(NAME, default=None)
-
-
-def repeat_kv(x: Float[Tensor, "b kv t d"], groups: int) -> Float[Tensor, "b h t d"]:
-    """Key/value heads repeated for the query heads that share them (grouped-query attention)."""
-    return x if groups == 1 else torch.repeat_interleave(x, groups, dim=1)
-
-
-def allowed_mask(attention_mask: Tensor | None, n_q: int, n_k: int, device: torch.device) -> Tensor:
-    """The boolean mask [b or 1, 1, q, k] a layer applies (causal when the model passes none)."""
-    if attention_mask is None:
-        return torch.ones(n_q, n_k, dtype=torch.bool, device=device).tril(n_k - n_q)[None, None]
-    if attention_mask.dtype == torch.bool:
-        return attention_mask
-    return attention_mask == 0
 
 
 def exact_attention(
@@ -189,6 +171,7 @@ def _compiled_flex() -> Any:
 
 
 def attention_forward(
+    collector: Collector,
     module: nn.Module,
     query: Float[Tensor, "b h t d"],
     key: Float[Tensor, "b kv s d"],
@@ -198,11 +181,8 @@ def attention_forward(
     dropout: float = 0.0,
     **kwargs: Any,
 ) -> tuple[Float[Tensor, "b t h d"], None]:
-    """transformers' attention-function interface: the layer's output, and on the way ‖q‖ and H
-    into the active collector."""
-    collector = _ACTIVE.get()
-    if collector is None:
-        raise RuntimeError(f"{NAME} attention ran outside spectra_interp.extract.fused.")
+    """transformers' attention-function interface (the active collector first): the layer's
+    output, and on the way ‖q‖ and H into the collector."""
     layer = collector.modules[id(module)]
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
     groups = query.shape[1] // key.shape[1]
@@ -227,53 +207,13 @@ def attention_forward(
     return rearrange(out, "b h t d -> b t h d").contiguous(), None
 
 
-def register() -> None:
-    """Make `spectra_fused` an attention implementation transformers can dispatch to, with the
-    boolean masks SDPA uses (None for plain causal attention)."""
-    from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
-
-    AttentionInterface.register(NAME, attention_forward)
-    AttentionMaskInterface.register(NAME, sdpa_mask)
+FUSED: CustomAttention[Collector] = CustomAttention(
+    NAME, attention_forward, "spectra_interp.extract.fused"
+)
 
 
 def default_kernel(device: torch.device | str) -> str:
     return "flash_cpu" if torch.device(device).type == "cpu" else "flex"
-
-
-@contextlib.contextmanager
-def unbridged(bridge: Any) -> Iterator[nn.Module]:
-    """The wrapped transformers model with its original modules back in place (the bridge's
-    components swapped out), for the length of the block; restored afterwards."""
-    swapped: list[tuple[nn.Module, str, nn.Module]] = []
-
-    def swap(parent: nn.Module) -> None:
-        for name, child in list(parent.named_children()):
-            original = getattr(child, "original_component", None)
-            if isinstance(original, nn.Module) and original is not child:
-                setattr(parent, name, original)
-                swapped.append((parent, name, child))
-                child = original
-            swap(child)
-
-    model = bridge.original_model
-    try:
-        swap(model)
-        yield model
-    finally:
-        for parent, name, child in reversed(swapped):
-            setattr(parent, name, child)
-
-
-@contextlib.contextmanager
-def attention_implementation(model: nn.Module, name: str) -> Iterator[None]:
-    config = model.config
-    previous = config._attn_implementation
-    config._attn_implementation = name
-    try:
-        yield
-    finally:
-        config._attn_implementation = previous
 
 
 @torch.inference_mode()
@@ -286,21 +226,15 @@ def run(
 ) -> Collector:
     """One forward pass of the wrapped model (stopped before the logits) with the fused method;
     the extras of the requested queries on the way."""
-    register()
     modules = [block.attn.original_component for block in model.blocks]
-    with unbridged(model) as hf_model:
-        collector = Collector(
-            modules={id(m): i for i, m in enumerate(modules)},
-            spec=spec,
-            kernel=kernel or default_kernel(tokens.device),
-            request=request,
-        )
-        token = _ACTIVE.set(collector)
-        try:
-            with attention_implementation(hf_model, NAME):
-                hf_model.base_model(input_ids=tokens, use_cache=False)
-        finally:
-            _ACTIVE.reset(token)
+    collector = Collector(
+        modules={id(m): i for i, m in enumerate(modules)},
+        spec=spec,
+        kernel=kernel or default_kernel(tokens.device),
+        request=request,
+    )
+    with FUSED.active(model, collector) as hf_model:
+        hf_model.base_model(input_ids=tokens, use_cache=False)
     return collector
 
 

@@ -105,4 +105,4 @@ def test_the_bridge_is_whole_after_the_fused_forward(models, tokens):
 def test_the_attention_function_outside_a_run_is_an_error():
     x = torch.zeros(1, 1, 2, 4)
     with pytest.raises(RuntimeError, match="outside"):
-        fused.attention_forward(torch.nn.Module(), x, x, x, None)
+        fused.FUSED(torch.nn.Module(), x, x, x, None)
