@@ -25,22 +25,27 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from einops import rearrange
-from jaxtyping import Float
+from jaxtyping import Bool, Float, Int
 from torch import Tensor, nn
 
 from spectra_interp.extract.extras import SampleRequest, layer_extras
+from spectra_interp.metrics import visible_keys
 from spectra_interp.models.architecture import AttentionSpec
 from spectra_interp.models.attention import CustomAttention, allowed_mask, repeat_kv
 
 NAME = "spectra_fused"
 KERNELS = ("flash_cpu", "flex", "exact")
 EXACT_BLOCK = 256
+EXACT_TOLERANCE = 5e-5  # nats: a fused entropy that may be further off is recomputed exactly
+# rounding_estimate's multiple of the unit roundoff: twice the largest error/roundoff ratio measured
+# (4.1 on SmolLM2 in fp32, 2.5 on random scores of every scale; tests/extract/test_fused.py).
+ERROR_FACTOR = 8.0
 SOFTCAP_REASON = "logit soft-capping bends the scores after q·k"
 
 
@@ -83,14 +88,91 @@ def exact_attention(
     return out, entropy
 
 
-def entropy_from_kernel(
+def centred_keys(k: Float[Tensor, "b h s d"], dtype: torch.dtype) -> Float[Tensor, "b h s d"]:
+    """Keys minus their mean over the window, per head, in the kernel's dtype: every score of a
+    query moves by the same amount (its softmax does not), and log Z and q·(P K) shrink to the
+    spread of the scores, so their difference cancels fewer digits."""
+    k32 = k.float()
+    return (k32 - k32.mean(dim=2, keepdim=True)).to(dtype)
+
+
+def unit_roundoff(dtype: torch.dtype) -> float:
+    """Half the machine epsilon: the relative error of one rounding in `dtype`."""
+    return torch.finfo(dtype).eps / 2
+
+
+def entropy_tolerance(dtype: torch.dtype) -> float:
+    """The largest rounding error (nats) a fused entropy may carry before its row is recomputed
+    exactly: one unit roundoff of the model's dtype (the rounding of one attention weight read in
+    that dtype), and `EXACT_TOLERANCE` at least (fp32)."""
+    return max(EXACT_TOLERANCE, unit_roundoff(dtype))
+
+
+def rounding_estimate(
     lse: Float[Tensor, "b h t"],
     q: Float[Tensor, "b h t d"],
+    k: Float[Tensor, "b h s d"],
     mean_key: Float[Tensor, "b h t d"],
     scale: float,
 ) -> Float[Tensor, "b h t"]:
-    """H = log Z - scale · q·(P K), from a kernel's logsumexp and its output on values K."""
-    return lse.float() - scale * torch.einsum("bhtd,bhtd->bht", q.float(), mean_key.float())
+    """A measured bound on the rounding error of H = log Z - scale · q·(P K): `ERROR_FACTOR`
+    units of fp32 roundoff of the magnitudes the kernel accumulates (log Z, and ‖q‖ times the
+    largest key) plus one unit of the kernel's output dtype on the products q_d (P K)_d."""
+    q32 = q.float()
+    largest_key = torch.linalg.vector_norm(k.float(), dim=-1).amax(dim=-1)[..., None]
+    accumulated = lse.abs() + scale * torch.linalg.vector_norm(q32, dim=-1) * largest_key
+    stored = scale * (q32 * mean_key.float()).abs().sum(-1)
+    u32, u_out = unit_roundoff(torch.float32), unit_roundoff(mean_key.dtype)
+    return ERROR_FACTOR * (u32 * accumulated + u_out * stored)
+
+
+def exact_entropy_rows(
+    q: Float[Tensor, "b h t d"],
+    k: Float[Tensor, "b h s d"],
+    allowed: Bool[Tensor, "b_or_1 1 t s"],
+    scale: float,
+    rows: Bool[Tensor, "b h t"],
+) -> Float[Tensor, " n"]:
+    """The entropy of the queries `rows` selects (in `rows.nonzero()` order) in float64, from
+    the scores of the same q and k: the reference the fused value is replaced by."""
+    out = torch.empty(int(rows.sum()), dtype=torch.float64, device=q.device)
+    done = 0
+    for b, h in rows.any(-1).nonzero().tolist():
+        positions = rows[b, h].nonzero()[:, 0]
+        for r0 in range(0, positions.numel(), EXACT_BLOCK):
+            t = positions[r0 : r0 + EXACT_BLOCK]
+            seen = allowed[b % allowed.shape[0], 0, t]
+            keys = int(seen.any(0).nonzero().max()) + 1
+            s = (q[b, h, t].double() @ k[b, h, :keys].double().T) * scale
+            s = s.masked_fill(~seen[:, :keys], -math.inf)
+            log_p = torch.log_softmax(s, dim=-1)
+            out[done : done + t.numel()] = -(log_p.exp() * log_p.nan_to_num(neginf=0.0)).sum(-1)
+            done += t.numel()
+    return out
+
+
+def entropy_from_kernel(
+    lse: Float[Tensor, "b h t"],
+    q: Float[Tensor, "b h t d"],
+    k: Float[Tensor, "b h s d"],
+    centred: Float[Tensor, "b h s d"],
+    mean_key: Float[Tensor, "b h t d"],
+    n_seen: Int[Tensor, "b_or_1 t"],
+    allowed: Callable[[], Bool[Tensor, "b_or_1 1 t s"]],
+    scale: float,
+    tolerance: float,
+) -> Float[Tensor, "b h t"]:
+    """H = log Z - scale · q·(P K') from a kernel run on centred keys K' (its logsumexp, and its
+    output on values K'); each row whose `rounding_estimate` exceeds `tolerance` nats, or whose
+    value falls outside [0, log(keys seen)], recomputed exactly (`exact_entropy_rows`, with the
+    mask `allowed()` builds), so no clamp is needed."""
+    entropy = lse.float() - scale * torch.einsum("bhtd,bhtd->bht", q.float(), mean_key.float())
+    ceiling = torch.log(n_seen.to(torch.float64)).to(torch.float32)[:, None]
+    estimate = rounding_estimate(lse, q, centred, mean_key, scale)
+    redo = (estimate > tolerance) | (entropy < 0) | (entropy > ceiling)
+    if bool(redo.any()):
+        entropy[redo] = exact_entropy_rows(q, k, allowed(), scale, redo).float()
+    return entropy
 
 
 def flash_cpu_attention(
@@ -99,27 +181,38 @@ def flash_cpu_attention(
     v: Float[Tensor, "b h s d"],
     attention_mask: Tensor | None,
     scale: float,
+    tolerance: float = EXACT_TOLERANCE,
 ) -> tuple[Float[Tensor, "b h t d"], Float[Tensor, "b h t"]]:
-    """Output and entropy from one call of the CPU flash op on [Q|0], [K|0], [V|K]."""
+    """Output and entropy from one call of the CPU flash op on [Q|0], [K'|0], [V|K'] (K' the
+    centred keys), in the dtype of q."""
     d = q.shape[-1]
-    zeros = torch.zeros_like(q)
+    centred = centred_keys(k, q.dtype)
+    n_q, n_k = q.shape[2], k.shape[2]
     mask = None
-    if attention_mask is not None:
-        allowed = allowed_mask(attention_mask, q.shape[2], k.shape[2], q.device)
+    if attention_mask is None:
+        n_seen = (torch.arange(n_q, device=q.device) + n_k - n_q + 1)[None]
+    else:
+        allowed = allowed_mask(attention_mask, n_q, n_k, q.device)
+        n_seen = allowed.sum(-1)[:, 0]
         mask = torch.zeros(allowed.shape, dtype=q.dtype, device=q.device).masked_fill_(
             ~allowed, -math.inf
         )
+    zeros = torch.zeros_like(q)
     both, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
         torch.cat([q, zeros], dim=-1),
-        torch.cat([k, torch.zeros_like(k)], dim=-1),
-        torch.cat([v, k], dim=-1),
+        torch.cat([centred, torch.zeros_like(centred)], dim=-1),
+        torch.cat([v, centred], dim=-1),
         0.0,
         attention_mask is None,
         attn_mask=mask,
         scale=scale,
     )
     del zeros
-    return both[..., :d], entropy_from_kernel(lse, q, both[..., d:], scale)
+    entropy = entropy_from_kernel(
+        lse, q, k, centred, both[..., d:], n_seen,
+        lambda: allowed_mask(attention_mask, n_q, n_k, q.device), scale, tolerance,
+    )  # fmt: skip
+    return both[..., :d], entropy
 
 
 @contextlib.contextmanager
@@ -137,8 +230,10 @@ def flex_attention_call(
     v: Float[Tensor, "b h s d"],
     window: int | None,
     scale: float,
+    tolerance: float = EXACT_TOLERANCE,
 ) -> tuple[Float[Tensor, "b h t d"], Float[Tensor, "b h t"]]:
-    """Output and entropy from FlexAttention with values [V | K] (compiled on CUDA)."""
+    """Output and entropy from FlexAttention on keys K' (centred) with values [V | K'], in the
+    dtype of q (compiled on CUDA)."""
     from torch.nn.attention.flex_attention import AuxRequest, create_block_mask, flex_attention
 
     n_q, n_k = q.shape[2], k.shape[2]
@@ -149,14 +244,21 @@ def flex_attention_call(
         return causal & (qi + offset - ki < window) if window else causal
 
     block_mask = create_block_mask(mask_mod, None, None, n_q, n_k, device=q.device)
+    centred = centred_keys(k, q.dtype)
     run = _compiled_flex() if q.device.type == "cuda" else flex_attention
     with _quiet_flex():
         out, aux = run(
-            q, k, torch.cat([v, k], dim=-1), block_mask=block_mask, scale=scale,
+            q, centred, torch.cat([v, centred], dim=-1), block_mask=block_mask, scale=scale,
             return_aux=AuxRequest(lse=True),
         )  # fmt: skip
     d = q.shape[-1]
-    return out[..., :d], entropy_from_kernel(aux.lse, q, out[..., d:], scale)
+    positions = torch.arange(n_q, device=q.device) + offset
+    n_seen = (positions + 1).clamp(max=window or n_k)[None]
+    entropy = entropy_from_kernel(
+        aux.lse, q, k, centred, out[..., d:], n_seen,
+        lambda: visible_keys(positions, n_k, window)[None, None], scale, tolerance,
+    )  # fmt: skip
+    return out[..., :d], entropy
 
 
 _COMPILED: list[Any] = []
@@ -189,15 +291,20 @@ def attention_forward(
     k, v = repeat_kv(key, groups), repeat_kv(value, groups)
     softcap = kwargs.get("softcap")
     kernel = "exact" if softcap else collector.kernel
+    tolerance = entropy_tolerance(query.dtype)
+    dtype = kernel_dtype(query.dtype, query.device)
+    q_in, k_in, v_in = query.to(dtype), k.to(dtype), v.to(dtype)
     if kernel == "flash_cpu":
-        out, entropy = flash_cpu_attention(query, k, v, attention_mask, scale)
+        out, entropy = flash_cpu_attention(q_in, k_in, v_in, attention_mask, scale, tolerance)
     elif kernel == "flex":
-        out, entropy = flex_attention_call(query, k, v, kwargs.get("sliding_window"), scale)
+        window = kwargs.get("sliding_window")
+        out, entropy = flex_attention_call(q_in, k_in, v_in, window, scale, tolerance)
     else:
         allowed = allowed_mask(attention_mask, query.shape[2], k.shape[2], query.device)
         out, entropy = exact_attention(query, k, v, allowed, scale, softcap)
+    out = out.to(query.dtype)
     collector.qnorm[layer] = torch.linalg.vector_norm(query.float(), dim=-1).cpu()
-    collector.entropy[layer] = entropy.clamp_min(0.0).cpu()
+    collector.entropy[layer] = entropy.cpu()
     collector.used[layer] = kernel
     if collector.request is not None:
         collector.extras[layer] = layer_extras(
@@ -210,6 +317,12 @@ def attention_forward(
 FUSED: CustomAttention[Collector] = CustomAttention(
     NAME, attention_forward, "spectra_interp.extract.fused"
 )
+
+
+def kernel_dtype(dtype: torch.dtype, device: torch.device | str) -> torch.dtype:
+    """The dtype a fused kernel runs in: fp32 on the CPU (where half precision is no faster),
+    the model's own on CUDA."""
+    return torch.float32 if torch.device(device).type == "cpu" else dtype
 
 
 def default_kernel(device: torch.device | str) -> str:
