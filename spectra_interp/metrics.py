@@ -65,11 +65,46 @@ def capped(logits: Tensor, softcap: float | None) -> Tensor:
 MASS_SLACK = 1e-6
 
 
+# k_eff reads the top weights of a row by `torch.topk` over these prefix lengths before it sorts
+# the whole row: most rows reach the mass within the first few keys.
+KEFF_PREFIXES = (32, 256)
+
+
 def keys_for_mass(p: Float[Tensor, "... key"], mass: float) -> Int[Tensor, "..."]:
     """k_eff: the fewest keys whose weights sum to at least `mass` (weights sorted, largest first).
-    Weights of keys a query cannot see are 0 and never counted."""
-    top = torch.sort(p, dim=-1, descending=True).values.cumsum(-1)
-    return (top < mass - MASS_SLACK).sum(-1) + 1
+    Weights of keys a query cannot see are 0 and never counted.
+
+    The largest weights come from `torch.topk` over a bounded prefix, widened (and at last a full
+    sort) only for the rows whose prefix falls short of the mass: the same sorted values and the
+    same cumulative sums as a full sort, without sorting every row."""
+    goal = mass - MASS_SLACK
+    n = p.shape[-1]
+    flat = p.reshape(-1, n)
+    counts = torch.empty(flat.shape[0], dtype=torch.int64, device=p.device)
+    todo = torch.arange(flat.shape[0], device=p.device)
+    for prefix in (*[c for c in KEFF_PREFIXES if c < n], n):
+        rows = flat[todo]
+        top = torch.topk(rows, prefix, dim=-1, sorted=True).values.cumsum(-1)
+        reached = (top[:, -1] >= goal) if prefix < n else torch.ones_like(todo, dtype=torch.bool)
+        counts[todo[reached]] = (top[reached] < goal).sum(-1) + 1
+        todo = todo[~reached]
+        if todo.numel() == 0:
+            break
+    return counts.reshape(p.shape[:-1])
+
+
+def _shifted(s: Tensor, hidden: Tensor) -> Tensor:
+    """Logits minus their row maximum over the visible keys; hidden keys -inf."""
+    s = s.masked_fill(hidden, float("-inf"))
+    return s - s.amax(-1, keepdim=True)
+
+
+def _weights_and_entropy(t: Tensor, hidden: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """From shifted logits t <= 0 (max 0): the unnormalised weights e = exp(t) (0 where hidden),
+    Z = sum e >= 1 and H = log Z - E_p[t], a sum of two non-negative terms (no cancellation)."""
+    e = t.exp()
+    z = e.sum(-1)
+    return e, z, torch.log(z) - (e * t.masked_fill(hidden, 0.0)).sum(-1) / z
 
 
 def query_extras(
@@ -83,28 +118,33 @@ def query_extras(
     """Span and temperature statistics of sampled queries from their pre-cap logits
     (scale · q·k), all in fp32:
 
-    - `max_attn`: the largest attention weight; `k_eff`: `keys_for_mass(p, mass)`;
+    - `max_attn`: the largest attention weight (1/Z of the shifted logits); `k_eff`:
+      `keys_for_mass(p, mass)`;
     - `scaled_entropy` [..., scale]: H of softmax(cap(alpha · logits)) for each alpha: the query
       scaled by alpha (the cap, where there is one, applied after the scaling, as it is in the
-      model);
+      model), as log Z - E_p[t] of the logits t shifted to a maximum of 0;
     - `gain`: dH/dlog(alpha) at alpha = 1, i.e. -Cov_p(s, ds/dlog alpha) with s the capped
       logits (= -Var_p(s) without a cap).
     """
     z = logits.float()
     hidden = ~allowed
-
-    def entropy_of(s: Tensor) -> Tensor:
-        return torch.special.entr(torch.softmax(s.masked_fill(hidden, float("-inf")), -1)).sum(-1)
-
-    scaled = torch.stack([entropy_of(capped(alpha * z, softcap)) for alpha in scales], dim=-1)
-    s = capped(z, softcap).masked_fill(hidden, 0.0)
-    p = torch.softmax(s.masked_fill(hidden, float("-inf")), dim=-1)
+    scaled = []
+    for alpha in scales:
+        t = _shifted(capped(alpha * z, softcap), hidden)
+        e, total, entropy = _weights_and_entropy(t, hidden)
+        scaled.append(entropy)
+        if alpha == 1.0:
+            p, s, max_attn = e / total[..., None], t.masked_fill(hidden, 0.0), 1.0 / total
+    if 1.0 not in scales:
+        t = _shifted(capped(z, softcap), hidden)
+        e, total, _ = _weights_and_entropy(t, hidden)
+        p, s, max_attn = e / total[..., None], t.masked_fill(hidden, 0.0), 1.0 / total
     ds = z.masked_fill(hidden, 0.0) * (1 - torch.tanh(z / softcap) ** 2) if softcap else s
     mean_s, mean_ds = (p * s).sum(-1, keepdim=True), (p * ds).sum(-1, keepdim=True)
     gain = -(p * (s - mean_s) * (ds - mean_ds)).sum(-1)
     return {
-        "max_attn": p.max(dim=-1).values,
+        "max_attn": max_attn,
         "k_eff": keys_for_mass(p, mass),
-        "scaled_entropy": scaled,
+        "scaled_entropy": torch.stack(scaled, dim=-1),
         "gain": gain,
     }

@@ -9,6 +9,14 @@ so one fused attention kernel that returns its logsumexp, run with values [V | K
 layer's output P V, the mean key P K and log Z together, in O(T) memory. The query it receives is
 the one that meets the keys (after any QK-norm and RoPE), so ‖q‖ is read there too.
 
+Exactness at any logit scale and precision: the difference cancels two numbers that grow with
+the logits, so (1) the kernel runs on keys centred per head (K' = K - mean K: every score of a
+query moves by one constant, the softmax does not) and in fp32, a half-precision model's layer
+output then coming from its own eager attention; (2) a measured bound on each row's rounding
+error (`rounding_estimate`) sends the rows that may be off by more than `entropy_tolerance`, and
+any that round outside [0, log(keys seen)], to a float64 recomputation from the same q and k.
+Nothing is clamped. The plan is recorded per layer in config.json (`exactness_plan`).
+
 Kernels (recorded per layer in config.json):
 - `flash_cpu`: PyTorch's CPU flash-attention op, which needs one head size for Q, K and V, so
   Q and K are zero-padded to [Q | 0], [K | 0] (same scores) beside values [V | K];
@@ -35,7 +43,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor, nn
 
 from spectra_interp.extract.extras import SampleRequest, layer_extras
-from spectra_interp.metrics import visible_keys
+from spectra_interp.metrics import capped, visible_keys
 from spectra_interp.models.architecture import AttentionSpec
 from spectra_interp.models.attention import CustomAttention, allowed_mask, repeat_kv
 
@@ -72,7 +80,8 @@ def exact_attention(
     softcap: float | None,
     block: int = EXACT_BLOCK,
 ) -> tuple[Float[Tensor, "b h t e"], Float[Tensor, "b h t"]]:
-    """Output and entropy over blocks of queries (fp32 math), any mask or soft-cap."""
+    """Output and entropy over blocks of queries (fp32 math), any mask or soft-cap; rows whose
+    fp32 entropy rounds outside [0, log(keys seen)] recomputed in float64."""
     out = torch.empty(*q.shape[:-1], v.shape[-1], dtype=q.dtype, device=q.device)
     entropy = torch.empty(q.shape[:-1], dtype=torch.float32, device=q.device)
     for i0 in range(0, q.shape[2], block):
@@ -85,6 +94,10 @@ def exact_attention(
         p = log_p.exp()
         entropy[:, :, i0:i1] = -(p * log_p.nan_to_num(neginf=0.0)).sum(-1)
         out[:, :, i0:i1] = torch.einsum("bhqk,bhke->bhqe", p, v.float()).to(q.dtype)
+    ceiling = torch.log(allowed.sum(-1, dtype=torch.float64)).to(torch.float32)
+    redo = (entropy < 0) | (entropy > ceiling)
+    if bool(redo.any()):
+        entropy[redo] = exact_entropy_rows(q, k, allowed, scale, redo, softcap).float()
     return out, entropy
 
 
@@ -132,9 +145,11 @@ def exact_entropy_rows(
     allowed: Bool[Tensor, "b_or_1 1 t s"],
     scale: float,
     rows: Bool[Tensor, "b h t"],
+    softcap: float | None = None,
 ) -> Float[Tensor, " n"]:
     """The entropy of the queries `rows` selects (in `rows.nonzero()` order) in float64, from
-    the scores of the same q and k: the reference the fused value is replaced by."""
+    the scores of the same q and k (soft-capped where the model caps them): the reference a
+    kernel's value is replaced by."""
     out = torch.empty(int(rows.sum()), dtype=torch.float64, device=q.device)
     done = 0
     for b, h in rows.any(-1).nonzero().tolist():
@@ -143,7 +158,7 @@ def exact_entropy_rows(
             t = positions[r0 : r0 + EXACT_BLOCK]
             seen = allowed[b % allowed.shape[0], 0, t]
             keys = int(seen.any(0).nonzero().max()) + 1
-            s = (q[b, h, t].double() @ k[b, h, :keys].double().T) * scale
+            s = capped((q[b, h, t].double() @ k[b, h, :keys].double().T) * scale, softcap)
             s = s.masked_fill(~seen[:, :keys], -math.inf)
             log_p = torch.log_softmax(s, dim=-1)
             out[done : done + t.numel()] = -(log_p.exp() * log_p.nan_to_num(neginf=0.0)).sum(-1)
@@ -292,7 +307,7 @@ def attention_forward(
     softcap = kwargs.get("softcap")
     kernel = "exact" if softcap else collector.kernel
     tolerance = entropy_tolerance(query.dtype)
-    dtype = kernel_dtype(query.dtype, query.device)
+    dtype = kernel_dtype(query.dtype)
     q_in, k_in, v_in = query.to(dtype), k.to(dtype), v.to(dtype)
     if kernel == "flash_cpu":
         out, entropy = flash_cpu_attention(q_in, k_in, v_in, attention_mask, scale, tolerance)
@@ -302,6 +317,8 @@ def attention_forward(
     else:
         allowed = allowed_mask(attention_mask, query.shape[2], k.shape[2], query.device)
         out, entropy = exact_attention(query, k, v, allowed, scale, softcap)
+    if dtype != query.dtype and kernel != "exact":
+        out = model_own_attention(module, query, key, value, attention_mask, scale, **kwargs)
     out = out.to(query.dtype)
     collector.qnorm[layer] = torch.linalg.vector_norm(query.float(), dim=-1).cpu()
     collector.entropy[layer] = entropy.cpu()
@@ -314,15 +331,39 @@ def attention_forward(
     return rearrange(out, "b h t d -> b t h d").contiguous(), None
 
 
+def model_own_attention(
+    module: nn.Module,
+    query: Float[Tensor, "b h t d"],
+    key: Float[Tensor, "b kv s d"],
+    value: Float[Tensor, "b kv s d"],
+    attention_mask: Tensor | None,
+    scale: float,
+    **kwargs: Any,
+) -> Float[Tensor, "b h t d"]:
+    """The layer's output as the model itself computes it (transformers' eager attention of the
+    module's family, in the model's dtype), for a kernel that runs in another dtype: the next
+    layers see exactly the activations of the model's own forward."""
+    import importlib
+
+    eager = importlib.import_module(type(module).__module__).eager_attention_forward
+    allowed = allowed_mask(attention_mask, query.shape[2], key.shape[2], query.device)
+    additive = torch.zeros(allowed.shape, dtype=query.dtype, device=query.device)
+    additive.masked_fill_(~allowed, torch.finfo(query.dtype).min)
+    kwargs.pop("dropout", None)
+    out, _ = eager(module, query, key, value, additive, scaling=scale, dropout=0.0, **kwargs)
+    return rearrange(out, "b t h d -> b h t d")
+
+
 FUSED: CustomAttention[Collector] = CustomAttention(
     NAME, attention_forward, "spectra_interp.extract.fused"
 )
 
 
-def kernel_dtype(dtype: torch.dtype, device: torch.device | str) -> torch.dtype:
-    """The dtype a fused kernel runs in: fp32 on the CPU (where half precision is no faster),
-    the model's own on CUDA."""
-    return torch.float32 if torch.device(device).type == "cpu" else dtype
+def kernel_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype a fused kernel runs in: fp32, so that H = log Z - scale · q·(P K) keeps fp32
+    digits. A half-precision model's layer output then comes from its own attention
+    (`model_own_attention`), not from the kernel."""
+    return torch.float32
 
 
 def default_kernel(device: torch.device | str) -> str:
@@ -349,6 +390,22 @@ def run(
     with FUSED.active(model, collector) as hf_model:
         hf_model.base_model(input_ids=tokens, use_cache=False)
     return collector
+
+
+def exactness_plan(spec: AttentionSpec, dtype: torch.dtype) -> dict[str, str]:
+    """How each layer's entropy is kept exact, and where its output comes from (config.json)."""
+    tolerance = entropy_tolerance(dtype)
+    fallback = "recomputed in float64 from the same q and k"
+    if spec.softcap:
+        text = f"fp32 scores; rows that round outside [0, log(keys seen)] {fallback}"
+    else:
+        text = (
+            f"{kernel_dtype(dtype)} kernel on centred keys; rows whose rounding bound exceeds "
+            f"{tolerance:.1e} nats, or outside [0, log(keys seen)], {fallback}"
+        )
+        if kernel_dtype(dtype) != dtype:
+            text += f"; layer output from the model's own eager attention in {dtype}"
+    return {str(layer): text for layer in range(spec.n_layers)}
 
 
 def kernel_plan(spec: AttentionSpec, device: torch.device | str) -> dict[str, str]:
