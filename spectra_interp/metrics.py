@@ -83,7 +83,7 @@ def keys_for_mass(p: Float[Tensor, "... key"], mass: float) -> Int[Tensor, "..."
     counts = torch.empty(flat.shape[0], dtype=torch.int64, device=p.device)
     todo = torch.arange(flat.shape[0], device=p.device)
     for prefix in (*[c for c in KEFF_PREFIXES if c < n], n):
-        rows = flat[todo]
+        rows = flat if todo.numel() == flat.shape[0] else flat[todo]
         top = torch.topk(rows, prefix, dim=-1, sorted=True).values.cumsum(-1)
         reached = (top[:, -1] >= goal) if prefix < n else torch.ones_like(todo, dtype=torch.bool)
         counts[todo[reached]] = (top[reached] < goal).sum(-1) + 1
@@ -93,18 +93,19 @@ def keys_for_mass(p: Float[Tensor, "... key"], mass: float) -> Int[Tensor, "..."
     return counts.reshape(p.shape[:-1])
 
 
-def _shifted(s: Tensor, hidden: Tensor) -> Tensor:
-    """Logits minus their row maximum over the visible keys; hidden keys -inf."""
-    s = s.masked_fill(hidden, float("-inf"))
-    return s - s.amax(-1, keepdim=True)
+# Added to the logits of keys a query cannot see: finite, so that exp gives exactly 0 and 0 times
+# the shifted logit stays 0 (no -inf, no NaN), and far below any logit.
+HIDDEN = -1e30
 
 
-def _weights_and_entropy(t: Tensor, hidden: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """From shifted logits t <= 0 (max 0): the unnormalised weights e = exp(t) (0 where hidden),
-    Z = sum e >= 1 and H = log Z - E_p[t], a sum of two non-negative terms (no cancellation)."""
+def _weights_and_entropy(s: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """From logits s (hidden keys at HIDDEN): t = s - max s <= 0, the unnormalised weights
+    e = exp(t) (exactly 0 where hidden), Z = sum e >= 1 and H = log Z - E_p[t], a sum of two
+    non-negative terms (no cancellation)."""
+    t = s - s.amax(-1, keepdim=True)
     e = t.exp()
     z = e.sum(-1)
-    return e, z, torch.log(z) - (e * t.masked_fill(hidden, 0.0)).sum(-1) / z
+    return t, e, z, torch.log(z) - (e * t).sum(-1) / z
 
 
 def query_extras(
@@ -127,20 +128,19 @@ def query_extras(
       logits (= -Var_p(s) without a cap).
     """
     z = logits.float()
-    hidden = ~allowed
-    scaled = []
-    for alpha in scales:
-        t = _shifted(capped(alpha * z, softcap), hidden)
-        e, total, entropy = _weights_and_entropy(t, hidden)
-        scaled.append(entropy)
-        if alpha == 1.0:
-            p, s, max_attn = e / total[..., None], t.masked_fill(hidden, 0.0), 1.0 / total
-    if 1.0 not in scales:
-        t = _shifted(capped(z, softcap), hidden)
-        e, total, _ = _weights_and_entropy(t, hidden)
-        p, s, max_attn = e / total[..., None], t.masked_fill(hidden, 0.0), 1.0 / total
-    ds = z.masked_fill(hidden, 0.0) * (1 - torch.tanh(z / softcap) ** 2) if softcap else s
+    hidden = torch.zeros(allowed.shape, dtype=z.dtype, device=z.device).masked_fill_(
+        ~allowed, HIDDEN
+    )
+
+    def at(alpha: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        return _weights_and_entropy(capped(alpha * z, softcap) + hidden)
+
+    s, e, total, entropy = at(1.0)
+    scaled = [entropy if alpha == 1.0 else at(alpha)[3] for alpha in scales]
+    p, max_attn = e / total[..., None], 1.0 / total
+    ds = z * (1 - torch.tanh(z / softcap) ** 2) if softcap else s
     mean_s, mean_ds = (p * s).sum(-1, keepdim=True), (p * ds).sum(-1, keepdim=True)
+    # p first: hidden keys have p = 0 exactly, so their huge shifted logits contribute 0
     gain = -(p * (s - mean_s) * (ds - mean_ds)).sum(-1)
     return {
         "max_attn": max_attn,
