@@ -2,8 +2,8 @@
 
 The TransformerLens bridge never calls the model's attention function, so, as in
 `extract.fused`, the wrapped transformers model runs itself (the full causal LM, for next-token
-logits) with `spectra_budget` registered as its attention function. One function serves the dense
-reference and every arm, over blocks of queries, in fp32:
+logits) with `spectra_budget` as its attention function (`models.attention.CustomAttention`).
+One function serves the dense reference and every arm, over blocks of queries, in fp32:
 
 1. scores s = scale · q·k, soft-capped first where the model caps them (Gemma-2);
 2. the visible keys: causal, inside the layer's sliding window, and inside the model's own mask;
@@ -19,7 +19,6 @@ each GQA group, and (dense passes) each query's keys at given masses (or a reduc
 
 from __future__ import annotations
 
-import contextvars
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -30,14 +29,9 @@ from einops import rearrange
 from jaxtyping import Bool, Float, Int
 from torch import Tensor, nn
 
-from spectra_interp.extract.fused import (
-    allowed_mask,
-    attention_implementation,
-    repeat_kv,
-    unbridged,
-)
 from spectra_interp.metrics import MASS_SLACK, capped, visible_keys
 from spectra_interp.models.architecture import AttentionSpec
+from spectra_interp.models.attention import CustomAttention, allowed_mask, repeat_kv
 from spectra_interp.models.load import spec_of
 
 NAME = "spectra_budget"
@@ -116,9 +110,6 @@ class Pass:
         return torch.stack([per_layer[layer] for layer in range(self.spec.n_layers)], dim=1)
 
 
-_ACTIVE: contextvars.ContextVar[Pass | None] = contextvars.ContextVar(NAME, default=None)
-
-
 def new_pass(model: Any, sink: int, local: int, **kwargs: Any) -> Pass:
     """A pass over a bridge loaded with `load_model`."""
     modules = {id(block.attn.original_component): i for i, block in enumerate(model.blocks)}
@@ -148,6 +139,7 @@ def _block_keep(
 
 
 def budget_attention(
+    run: Pass,
     module: nn.Module,
     query: Float[Tensor, "b h t d"],
     key: Float[Tensor, "b kv s d"],
@@ -157,10 +149,8 @@ def budget_attention(
     dropout: float = 0.0,
     **kwargs: Any,
 ) -> tuple[Float[Tensor, "b t h e"], None]:
-    """transformers' attention-function interface: the layer's output over the kept keys only."""
-    run = _ACTIVE.get()
-    if run is None:
-        raise RuntimeError(f"{NAME} attention ran outside spectra_interp.budget.mask.")
+    """transformers' attention-function interface (the active pass first): the layer's output
+    over the kept keys only."""
     layer = run.modules[id(module)]
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
     softcap = kwargs.get("softcap")
@@ -209,13 +199,9 @@ def budget_attention(
     return rearrange(out, "b h t e -> b t h e").contiguous(), None
 
 
-def register() -> None:
-    """Make `spectra_budget` an attention implementation transformers can dispatch to."""
-    from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
-
-    AttentionInterface.register(NAME, budget_attention)
-    AttentionMaskInterface.register(NAME, sdpa_mask)
+BUDGET: CustomAttention[Pass] = CustomAttention(
+    NAME, budget_attention, "spectra_interp.budget.mask"
+)
 
 
 @torch.inference_mode()
@@ -224,14 +210,8 @@ def forward(
 ) -> Float[Tensor, "b t vocab"] | None:
     """One teacher-forced forward of the wrapped model under `run`; the next-token logits (or
     None with `logits=False`, which stops before the unembedding)."""
-    register()
-    with unbridged(model) as hf_model:
-        token = _ACTIVE.set(run)
-        try:
-            with attention_implementation(hf_model, NAME):
-                if logits:
-                    return hf_model(input_ids=tokens, use_cache=False).logits
-                hf_model.base_model(input_ids=tokens, use_cache=False)
-                return None
-        finally:
-            _ACTIVE.reset(token)
+    with BUDGET.active(model, run) as hf_model:
+        if logits:
+            return hf_model(input_ids=tokens, use_cache=False).logits
+        hf_model.base_model(input_ids=tokens, use_cache=False)
+        return None

@@ -68,6 +68,7 @@ def q_source(model: Any, method: str) -> dict[str, Any]:
             "why": "it is the tensor multiplied with the keys: after any QK-norm and RoPE, "
             "before the score scale",
             "kernels": fused.kernel_plan(spec, model.cfg.device),
+            "exactness": fused.exactness_plan(spec, model.cfg.dtype),
         }
     return {
         "method": method,
