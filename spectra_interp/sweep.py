@@ -355,6 +355,7 @@ def _run(config: SweepConfig, dist: Dist, log: Log) -> Path:
     device = models.pick_device(dist.device_for(config.device))
     dtype = models.pick_dtype(config.dtype, device)
     hf_config = models.load_config(config.model)
+    models.check_measurable(hf_config)
     check_context(config, hf_config)
     if dist.rank == 0:
         store.check_writable(
@@ -376,6 +377,7 @@ def _run(config: SweepConfig, dist: Dist, log: Log) -> Path:
         model = models.load_model(
             source, device=str(device), dtype=dtype, seed=seed, device_map=device_map
         )
+        models.check_masks(model, torch.from_numpy(windows.tokens[0]))
         if label == "trained" and dist.rank == 0:
             record = _config_record(config, dist, device, dtype, windows, model)
             store.write_json(layout.config, record)
