@@ -2,8 +2,8 @@
 attention facts (`architecture`) and hook names (`hooks`)."""
 
 from spectra_interp.models.architecture import AttentionSpec, check_measurable
-from spectra_interp.models.masks import check_masks
 from spectra_interp.models.load import describe, load_model, pick_device, pick_dtype, spec_of
+from spectra_interp.models.masks import check_masks
 from spectra_interp.models.sources import (
     gguf_as_hf_folder,
     load_config,

@@ -124,9 +124,7 @@ def mask_disagreement(
         allowed = applied_allowed(mask, kind, n_pos, n_pos)
         expected = expected_allowed(n_pos, spec.windows[layer])
         if allowed.shape != expected.shape:
-            return layer, (
-                f"the {kind} mask covers {allowed.shape[-1]} keys for {n_pos} positions"
-            )
+            return layer, (f"the {kind} mask covers {allowed.shape[-1]} keys for {n_pos} positions")
         if torch.equal(allowed, expected):
             continue
         bad = torch.nonzero((allowed != expected).any(-1))[0].item()

@@ -64,7 +64,8 @@ def _reference_attention(folder: str, n_pos: int) -> torch.Tensor | None:
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(folder, attn_implementation="eager").eval()
-    ids = torch.randint(0, model.config.vocab_size, (1, n_pos), generator=torch.Generator().manual_seed(0))
+    seed = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, model.config.vocab_size, (1, n_pos), generator=seed)
     try:
         with torch.no_grad():
             return model(ids, output_attentions=True).attentions[0][0]
