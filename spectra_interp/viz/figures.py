@@ -17,6 +17,7 @@ from jaxtyping import Float, Int
 from plotly.subplots import make_subplots
 
 from spectra_interp.stats.criteria import Criteria
+from spectra_interp.stats.degenerate import measurable
 
 TEMPLATE = "plotly_white"
 NEGATIVE = "#c0392b"
@@ -451,6 +452,7 @@ def head_heatmap(table: pd.DataFrame, value: str = "pearson_r") -> go.Figure:
 
 def uncertainty_figure(table: pd.DataFrame, criteria: Criteria | None = None) -> go.Figure:
     """Every head's r with its cluster-bootstrap interval, sorted, with the pass threshold."""
+    table = measurable(table)  # degenerate heads have no statistics to show
     criteria = criteria or Criteria()
     order = np.argsort(_col(table, "pearson_r"))
     t = table.iloc[order]
@@ -498,6 +500,7 @@ def robustness_figure(
 ) -> go.Figure:
     """Heads passing against the |r| cutoff (q cut as recorded): how much the count depends on
     the threshold chosen."""
+    table = measurable(table)  # degenerate heads have no statistics to show
     criteria = criteria or Criteria()
     cutoffs = np.round(np.arange(0.30, 0.701, 0.05), 2) if cutoffs is None else cutoffs
     r, q = _col(table, "pearson_r"), _col(table, "q_fdr")
@@ -573,6 +576,7 @@ def _diagonal_scatter(
 
 def random_init_scatter(table: pd.DataFrame) -> go.Figure:
     """Every head's trained r against the same head's random-init r: what training added."""
+    table = measurable(table)  # degenerate heads have no statistics to show
     marker = {"color": np.where(passes_mask(table), NEGATIVE, "#95a5a6"), "size": 6}
     return _diagonal_scatter(
         table,
@@ -589,6 +593,7 @@ def random_init_scatter(table: pd.DataFrame) -> go.Figure:
 def gain_scatter(table: pd.DataFrame) -> go.Figure:
     """Observed slope dH/dlog‖q‖ against the causal gain dH/dlog(alpha) per head: on the
     diagonal, rescaling the query explains the whole relation (temperature share 1)."""
+    table = measurable(table)  # degenerate heads have no statistics to show
     x, y = _col(table, "gain_entropy"), _col(table, "slope_obs")
     ok = np.isfinite(x) & np.isfinite(y)
     lo = float(np.min(np.r_[x[ok], y[ok], 0.0]))
@@ -639,6 +644,7 @@ def alpha_curves(frame: pd.DataFrame, heads: list[tuple[int, int]], title: str =
 def r_distribution(table: pd.DataFrame, criteria: Criteria | None = None) -> go.Figure:
     """Per layer, r of the trained model beside the permutation and random-init controls, with
     the pass threshold as dotted lines."""
+    table = measurable(table)  # degenerate heads have no statistics to show
     criteria = criteria or Criteria()
     series = [("pearson_r", "trained"), ("perm_r", "permutation"), ("random_init_r", "random init")]
     fig = go.Figure()
@@ -687,6 +693,7 @@ def passing_counts(table: pd.DataFrame) -> pd.DataFrame:
 
 def verdict_figure(table: pd.DataFrame) -> go.Figure:
     """Passing heads per layer, negative and positive stacked: where the effect lives."""
+    table = measurable(table)  # degenerate heads have no statistics to show
     counts = passing_counts(table)
     neg, pos = int(counts.negative.sum()), int(counts.positive.sum())
     fig = go.Figure(
