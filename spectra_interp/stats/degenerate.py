@@ -27,7 +27,7 @@ import pandas as pd
 from jaxtyping import Float
 
 # A head is degenerate when half its tokens lie within this relative distance of the median...
-SPREAD_FLOOR = 1e-3
+SPREAD_FLOOR = 4e-5
 # ... or within this many machine epsilons of the run's dtype, whichever is larger.
 SPREAD_EPS = 8
 # H's spread is taken against at least this many nats (see `spreads`).

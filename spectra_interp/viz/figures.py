@@ -719,7 +719,10 @@ def verdict_figure(table: pd.DataFrame) -> go.Figure:
         barmode="stack",
         title={"text": f"{neg + pos} of {len(table)} heads pass ({neg} negative, {pos} positive)"},
         xaxis={"title": {"text": "layer"}, "dtick": 1},
-        yaxis={"title": {"text": "passing heads"}, "range": [0, max(1, int(counts.heads.max()))]},
+        yaxis={
+            "title": {"text": "passing heads"},
+            "range": [0, max(1, int(counts.heads.max()) if len(counts) else 0)],
+        },
         height=400,
         margin={"l": 60, "r": 20, "t": 50, "b": 50},
         legend={"orientation": "h", "y": 1.02, "x": 1, "xanchor": "right", "yanchor": "bottom"},

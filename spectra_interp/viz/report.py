@@ -27,6 +27,7 @@ from spectra_interp.results.load import AttentionSample
 from spectra_interp.results.store import write_text
 from spectra_interp.stats.columns import HEAD_COLUMNS
 from spectra_interp.stats.criteria import Criteria
+from spectra_interp.stats.verdict import degenerate_lines
 from spectra_interp.viz import figures
 from spectra_interp.viz.attention import bundle_js
 
@@ -364,7 +365,17 @@ def controls_html(table: pd.DataFrame, summary: dict, criteria: Criteria) -> str
         )
     if isinstance(summary.get("controls"), dict | list):
         out += render_value(summary["controls"])
+    out = caveats_html(summary) + out
     return out or "<p><em>No control columns in this folder.</em></p>"
+
+
+def caveats_html(summary: dict) -> str:
+    """The random-init control's refusal and the heads left out as degenerate, as paragraphs."""
+    notes = list(degenerate_lines(summary))
+    control = (summary.get("controls") or {}).get("random_init") or {}
+    if control.get("usable") is False:
+        notes.insert(0, f"The random-init model cannot serve as a control: {control['reason']}.")
+    return "".join(f'<p class="caveat"><strong>{html.escape(n)}</strong></p>' for n in notes)
 
 
 def flat_config(config: dict) -> dict:
