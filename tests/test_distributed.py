@@ -101,7 +101,8 @@ def test_one_process_with_its_own_threads_is_within_the_bound_of_two_ranks(two_r
     two = pd.read_csv(two_ranks / "head_stats.csv")
     diff = (one["pearson_r"] - two["pearson_r"]).abs().max()
     print(f"max |delta pearson_r|, own threads vs two ranks: {diff:.3g}")
-    assert one["pearson_r"].notna().all() and diff <= PROCESS_R_BOUND
+    assert one["pearson_r"].notna().any() and diff <= PROCESS_R_BOUND
+    assert one["degenerate"].fillna("").equals(two["degenerate"].fillna(""))
 
 
 def test_killed_distributed_run_resumes_without_loss(single, tmp_path):
