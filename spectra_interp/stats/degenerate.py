@@ -2,10 +2,10 @@
 
 A head whose ‖q‖ is constant (QK-norm with its norm weights at their initial value of 1: ‖q‖ is
 sqrt(head_dim) up to the norm's epsilon for every token) or whose H is constant (every query
-splits its attention the same way, e.g. H = 0 when it always attends to one key) has a Pearson r of NaN or of
-rounding noise, a Spearman rho that ranks float noise, and temperature shares of any size. Such
-a head gets undefined statistics, a reason in the `degenerate` column, and is left out of the
-counts, medians, the verdict and the figures.
+splits its attention the same way, e.g. H = 0 when it always attends to one key) has a Pearson r
+of NaN or of rounding noise, a Spearman rho that ranks float noise, and temperature shares of any
+size. Such a head gets undefined statistics, a reason in the `degenerate` column, and is left
+out of the counts, medians, the verdict and the figures.
 
 The test is a robust relative spread over the head's token sample (all windows pooled):
 

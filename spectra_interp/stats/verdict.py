@@ -125,7 +125,8 @@ def verdict(
     out = {
         "hypothesis": "H1: corr(‖q‖, attention entropy) < 0 per head",
         SUMMARY_KEY: criteria.to_dict(),
-        "heads_total": total,
+        "heads_total": total + left_out["count"],
+        "heads_measured": total,
         "heads_with_r": int(r.notna().sum()),
         "passing": {
             "total": n_pass,
@@ -245,7 +246,8 @@ def verdict_text(summary: dict) -> str:
     criteria = Criteria.from_summary(summary)
     share_neg = "n/a" if p["share_negative"] is None else f"{p['share_negative']:.0%}"
     lines = [
-        f"Heads: {summary['heads_total']}; passing ({criteria.describe()}): {p['total']} "
+        f"Heads: {summary['heads_total']}{_left_out(summary)}; passing ({criteria.describe()}): "
+        f"{p['total']} "
         f"({p['negative']} negative, {p['positive']} positive; {share_neg} negative).",
     ]
     for name, crit in c.items():
@@ -315,6 +317,11 @@ def interpretation(summary: dict) -> list[str]:
 
 
 DEGENERATE_SHOWN = 12
+
+
+def _left_out(summary: dict) -> str:
+    n = (summary.get("degenerate") or {}).get("count", 0)
+    return f" ({n} degenerate, left out)" if n else ""
 
 
 def degenerate_lines(summary: dict) -> list[str]:

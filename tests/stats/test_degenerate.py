@@ -157,7 +157,8 @@ def test_constant_qnorm_heads_are_left_out_and_counted(qwen3_run):
     assert {(h["layer"], h["head"]) for h in summary["degenerate"]["heads"]} == set(
         zip(table["layer"], table["head"], strict=True)
     )
-    assert summary["heads_total"] == 0 and summary["passing"]["total"] == 0
+    assert summary["heads_total"] == n_heads and summary["heads_measured"] == 0
+    assert summary["passing"]["total"] == 0
     assert summary["beyond_r"]["temperature_share"]["median"] is None
     assert summary["beyond_r"]["delta_r2"]["heads_ci_excludes_0"] == 0
     text = "\n".join(lines)
