@@ -28,6 +28,7 @@ from spectra_interp.stats.degenerate import (
     degenerate_reasons,
     relative_spread,
     spread_bound,
+    spreads,
 )
 from spectra_interp.stats.verdict import verdict_text
 from spectra_interp.sweep import run_sweep
@@ -217,3 +218,34 @@ def test_smollm2_on_short_windows_has_one_constant_entropy_head(smollm2, smollm2
     reference = _reference_entropy(tokens)[..., 1:]
     assert degenerate_reasons(qnorm, reference, "float32")[18, 8] == CONSTANT_H
     np.testing.assert_allclose(entropy[:, 18, 8], reference[:, 18, 8], atol=1e-4)
+
+
+def test_no_head_of_the_default_smollm2_run_is_degenerate(smollm2, smollm2_tokenizer):
+    """The default run's settings (1536-token windows of the bundled books, seed 0, its token
+    sample), on its first three windows: every head measured, L18 H8 included (on these windows
+    it attends to one key less exclusively than on 64-token ones)."""
+    from spectra_interp.corpus import load_corpus
+    from spectra_interp.extract import extract
+    from spectra_interp.stats.sample import sample_positions
+
+    defaults = SweepConfig()
+    windows = load_corpus(
+        defaults.corpus, smollm2_tokenizer, defaults.ctx, max_windows=defaults.max_windows,
+        seed=defaults.seed,
+    )  # fmt: skip
+    tokens = torch.from_numpy(windows.tokens[:3])
+    result = extract(smollm2, tokens, method="fused")
+    picks = np.stack(
+        [
+            sample_positions(defaults.ctx, defaults.skip_first, defaults.sample_per_window, (0, w))
+            for w in range(3)
+        ]
+    )
+    take = torch.from_numpy(picks)[:, None, None, :].expand(-1, *result.qnorm.shape[1:3], -1)
+    qnorm = torch.gather(result.qnorm, -1, take).numpy()
+    entropy = torch.gather(result.entropy, -1, take).numpy()
+    reasons = degenerate_reasons(qnorm, entropy, "float32")
+    spread_q, spread_h = spreads(qnorm, entropy)
+    print(f"smallest spreads: ‖q‖ {spread_q.min():.3g}, H {spread_h.min():.3g}")
+    assert not (reasons != "").any()
+    assert min(spread_q.min(), spread_h.min()) > spread_bound("float32")
