@@ -36,7 +36,7 @@ def test_results_folder_is_complete(finished):
     extras = ["r_max_attn", "r_log_keff", "auroc_low_entropy", "delta_r2", "temperature_share"]
     flagged = table["degenerate"].fillna("") != ""
     # SmolLM2's L18 H8 attends to one key on 64-token windows: H is 0 up to rounding (issue 23)
-    assert set(zip(table.layer[flagged], table.head[flagged], strict=True)) <= {(18, 8)}
+    assert set(zip(table["layer"][flagged], table["head"][flagged], strict=True)) <= {(18, 8)}
     assert table.loc[flagged, extras].isna().all().all()
     assert table.loc[~flagged, extras].notna().all().all()
     assert (table["cluster_unit"] == "window").all()

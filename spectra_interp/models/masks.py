@@ -14,8 +14,8 @@ sentence naming the layer and the config field:
   attention function receives, under the eager implementation (the model's own) and the SDPA one
   (the fused extraction's), equals the causal-with-window mask of Spectra's keys seen.
 
-The probe's attention function returns zeros: a mask depends on positions only, not on the hidden
-states, so the forward costs the MLPs alone.
+The probe's attention function returns zeros and dense MLPs are skipped: a mask depends on
+positions only, not on the hidden states, so the forward costs the projections alone.
 """
 
 from __future__ import annotations
@@ -96,14 +96,40 @@ def _probing(hf_model: nn.Module, kind: str) -> Iterator[dict[int, Tensor | None
         _SEEN.reset(token)
 
 
+class _Skipped(nn.Module):
+    """Stands in for a dense MLP during the probe: a mask does not depend on hidden states."""
+
+    def forward(self, hidden: Tensor, *args: Any, **kwargs: Any) -> Tensor:
+        return torch.zeros_like(hidden)
+
+
+@contextlib.contextmanager
+def _without_mlps(hf_model: nn.Module) -> Iterator[None]:
+    """Swap every dense MLP (a child `mlp` whose class name ends in `MLP`, e.g. LlamaMLP) for
+    `_Skipped` for the length of the block; other feed-forward blocks (mixtures of experts) run."""
+    swapped = []
+    for module in hf_model.modules():
+        mlp = getattr(module, "mlp", None)
+        if isinstance(mlp, nn.Module) and type(mlp).__name__.endswith("MLP"):
+            swapped.append((module, mlp))
+    try:
+        for module, _ in swapped:
+            module.mlp = _Skipped()
+        yield
+    finally:
+        for module, mlp in swapped:
+            module.mlp = mlp
+
+
 @torch.inference_mode()
 def applied_masks(model: Any, tokens: Tensor, kind: str) -> list[Tensor | None]:
     """The mask each layer's attention function receives (layer order) in one forward of
-    `tokens` ([1, pos]) with transformers' `kind` mask builder (`MASK_KINDS`)."""
+    `tokens` ([1, pos]) with transformers' `kind` mask builder (`MASK_KINDS`). Attention returns
+    zeros and dense MLPs are skipped, so the forward costs the projections alone."""
     from spectra_interp.extract.fused import unbridged
 
     modules = [block.attn.original_component for block in model.blocks]
-    with unbridged(model) as hf_model, _probing(hf_model, kind) as seen:
+    with unbridged(model) as hf_model, _probing(hf_model, kind) as seen, _without_mlps(hf_model):
         hf_model.base_model(input_ids=tokens.to(model.cfg.device), use_cache=False)
     return [seen.get(id(m)) for m in modules]
 
