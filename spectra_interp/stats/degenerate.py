@@ -94,19 +94,24 @@ def degenerate_reasons(
     return reasons
 
 
+def _reasons(table: pd.DataFrame) -> pd.Series:
+    """The `degenerate` column as strings ("" for a measured head; a CSV reads empty as NaN)."""
+    return table[COLUMN].astype("string").fillna("")
+
+
 def measurable(table: pd.DataFrame) -> pd.DataFrame:
     """The rows of a head table that are not degenerate (all rows of a table without the
     column)."""
     if COLUMN not in table.columns:
         return table
-    return table[table[COLUMN].fillna("").astype(str) == ""]
+    return table[_reasons(table) == ""]
 
 
 def degenerate_summary(table: pd.DataFrame) -> dict:
     """How many heads were left out as degenerate, and which, with their reasons."""
     if COLUMN not in table.columns:
         return {"count": 0, "heads": []}
-    flagged = table[table[COLUMN].fillna("").astype(str) != ""]
+    flagged = table[_reasons(table) != ""]
     return {
         "count": int(len(flagged)),
         "heads": [
