@@ -172,6 +172,10 @@ class SweepConfig(RunConfig):
         48, "tokens per kept slice, taken from the middle of its window (where every query "
         "already sees many keys)", check=positive_int, identity=False,
     )  # fmt: skip
+    random_init_norms: bool = setting(
+        False, "the random-init control also draws its norm weights, so a QK-norm model's ‖q‖ "
+        "is not constant by construction (see README: Degenerate heads)",
+    )  # fmt: skip
     criteria: Criteria = setting(default_factory=Criteria)
 
     def __post_init__(self) -> None:

@@ -36,6 +36,7 @@ from spectra_interp.results.layout import SCHEMA_VERSION, SweepLayout
 from spectra_interp.results.load import load_shards, shard_record
 from spectra_interp.stats.beyond import alpha_response
 from spectra_interp.stats.clusters import Clusters
+from spectra_interp.stats.degenerate import control_usability, degenerate_reasons
 from spectra_interp.stats.moments import N_MOMENTS, Moments
 from spectra_interp.stats.sample import sample_positions, token_sample
 from spectra_interp.stats.table import head_table
@@ -355,6 +356,7 @@ def _run(config: SweepConfig, dist: Dist, log: Log) -> Path:
     device = models.pick_device(dist.device_for(config.device))
     dtype = models.pick_dtype(config.dtype, device)
     hf_config = models.load_config(config.model)
+    models.check_measurable(hf_config)
     check_context(config, hf_config)
     if dist.rank == 0:
         store.check_writable(
@@ -373,9 +375,12 @@ def _run(config: SweepConfig, dist: Dist, log: Log) -> Path:
     timings = {}
     for label, source, seed in model_passes(config):
         device_map = config.device_map if label == "trained" else None
+        random_norms = label == "random_init" and config.random_init_norms
         model = models.load_model(
-            source, device=str(device), dtype=dtype, seed=seed, device_map=device_map
-        )
+            source, device=str(device), dtype=dtype, seed=seed, device_map=device_map,
+            random_norms=random_norms,
+        )  # fmt: skip
+        models.check_masks(model, torch.from_numpy(windows.tokens[0]))
         if label == "trained" and dist.rank == 0:
             record = _config_record(config, dist, device, dtype, windows, model)
             store.write_json(layout.config, record)
@@ -466,6 +471,7 @@ def finalize(layout: SweepLayout, config: SweepConfig, timings: dict[str, Any], 
     if "random-init" in config.controls:
         random_init = load_shards(layout, "random_init", window_ids)
     clusters = Clusters.of(meta)
+    flagged = degenerate_heads(layout, trained, random_init)
     table = head_table(
         trained.stats,
         trained.frame,
@@ -475,8 +481,10 @@ def finalize(layout: SweepLayout, config: SweepConfig, timings: dict[str, Any], 
         n_boot=config.n_boot,
         seed=config.seed,
         criteria=config.criteria,
+        degenerate=flagged.trained,
+        random_init_degenerate=flagged.random_init,
     )
-    summary = verdict(table, config.criteria)
+    summary = verdict(table, config.criteria, control=flagged.control)
     summary["run"] = {
         "model": config.model,
         "corpus": config.corpus,
@@ -502,6 +510,25 @@ def finalize(layout: SweepLayout, config: SweepConfig, timings: dict[str, Any], 
 
         log(f"Report: {build_report(layout.root)}")
     log(f"Results: {layout.root}")
+
+
+@dataclass(frozen=True)
+class Flagged:
+    """Degenerate heads of both models ([layer, head] reasons) and the control's usability."""
+
+    trained: np.ndarray
+    random_init: np.ndarray | None
+    control: dict | None
+
+
+def degenerate_heads(layout: SweepLayout, trained: Any, random_init: Any) -> Flagged:
+    """`stats.degenerate` on each model's token sample, at the dtype the run used."""
+    dtype = store.read_json(layout.config).get("environment", {}).get("dtype", "float32")
+    reasons = degenerate_reasons(trained.arrays.qnorm, trained.arrays.entropy, dtype)
+    if random_init is None:
+        return Flagged(reasons, None, None)
+    control = degenerate_reasons(random_init.arrays.qnorm, random_init.arrays.entropy, dtype)
+    return Flagged(reasons, control, control_usability(random_init.arrays.qnorm, dtype))
 
 
 def strongest_heads(table: pd.DataFrame, n: int = STRONGEST_SHOWN) -> pd.DataFrame:

@@ -116,6 +116,7 @@ def _run(config: BudgetConfig, dist: Dist, log: Log) -> Path:
     device = models.pick_device(dist.device_for(config.device))
     dtype = models.pick_dtype(config.dtype, device)
     hf_config = models.load_config(config.model)
+    models.check_measurable(hf_config)
     check_context(config, hf_config)
     geometry = Geometry(layer_windows(hf_config, hf_config.num_hidden_layers), config)
     arms.check_budgets(config.budgets, geometry.floor, config.sink, config.recent)
@@ -136,6 +137,7 @@ def _run(config: BudgetConfig, dist: Dist, log: Log) -> Path:
         config.model, device=str(device), dtype=dtype, seed=config.seed,
         device_map=config.device_map,
     )  # fmt: skip
+    models.check_masks(model, torch.from_numpy(next(iter(splits.values())).tokens[0]))
     if dist.rank == 0:
         store.write_json(layout.config, _config_record(config, dist, device, dtype, splits, model))
     start = time.perf_counter()

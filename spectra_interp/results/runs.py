@@ -132,7 +132,8 @@ class SweepRun:
         keep = np.ones((a.n_layers, a.n_heads), dtype=bool)
         if DEGENERATE in self.head_stats:
             t = self.head_stats
-            flag = t[DEGENERATE].astype(str).str.strip().str.lower().isin(["true", "1", "yes"])
+            # the column holds the reason ("constant ‖q‖", ...); empty (NaN in a CSV): measured
+            flag = (t[DEGENERATE].astype("string").fillna("").str.strip() != "").to_numpy()
             keep[t["layer"].to_numpy()[flag], t["head"].to_numpy()[flag]] = False
         return keep
 

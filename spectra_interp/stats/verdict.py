@@ -8,6 +8,7 @@ import pandas as pd
 
 from spectra_interp.errors import SpectraError
 from spectra_interp.stats.criteria import SUMMARY_KEY, Criteria
+from spectra_interp.stats.degenerate import degenerate_summary, measurable
 
 
 def _num(v: float) -> float | None:
@@ -27,7 +28,11 @@ def _max(a: pd.Series) -> float | None:
 
 
 def verdict(
-    table: pd.DataFrame, criteria: Criteria | None = None, *, perm_column: str = "perm_r"
+    table: pd.DataFrame,
+    criteria: Criteria | None = None,
+    *,
+    perm_column: str = "perm_r",
+    control: dict | None = None,
 ) -> dict:
     """Summary of a ``head_table`` against the seed's success criteria (JSON-serialisable).
 
@@ -45,7 +50,12 @@ def verdict(
       can miss the tolerance on real data without a bug; ``perm_column="perm_r_within"`` is the
       exact null (expectation 0). Both are reported when the table has them.
     The random-init, position and within-window numbers are reported, not criteria.
+    Degenerate heads (`stats.degenerate`) are left out of every count, share, mean and median
+    and listed under ``degenerate``; `control` (`stats.degenerate.control_usability` of the
+    random-init model) says whether that control can serve as one.
     """
+    left_out = degenerate_summary(table)
+    table = measurable(table)
     criteria = criteria or Criteria()
     r_threshold, alpha = criteria.r_threshold, criteria.fdr
     min_share, perm_tolerance = criteria.min_share, criteria.perm_tolerance
@@ -112,10 +122,11 @@ def verdict(
         },
     }
     share_neg = int(neg.sum()) / n_pass if n_pass else None
-    return {
+    out = {
         "hypothesis": "H1: corr(‖q‖, attention entropy) < 0 per head",
         SUMMARY_KEY: criteria.to_dict(),
-        "heads_total": total,
+        "heads_total": total + left_out["count"],
+        "heads_measured": total,
         "heads_with_r": int(r.notna().sum()),
         "passing": {
             "total": n_pass,
@@ -157,7 +168,11 @@ def verdict(
         "criteria": checks,
         "all_criteria_met": all(c["met"] for c in checks.values()),
         "beyond_r": beyond_r(table, criteria),
+        "degenerate": left_out,
     }
+    if control is not None:
+        out["controls"]["random_init"].update(control)
+    return out
 
 
 BEST_SHOWN = 5
@@ -231,7 +246,8 @@ def verdict_text(summary: dict) -> str:
     criteria = Criteria.from_summary(summary)
     share_neg = "n/a" if p["share_negative"] is None else f"{p['share_negative']:.0%}"
     lines = [
-        f"Heads: {summary['heads_total']}; passing ({criteria.describe()}): {p['total']} "
+        f"Heads: {summary['heads_total']}{_left_out(summary)}; passing ({criteria.describe()}): "
+        f"{p['total']} "
         f"({p['negative']} negative, {p['positive']} positive; {share_neg} negative).",
     ]
     for name, crit in c.items():
@@ -247,6 +263,8 @@ def verdict_text(summary: dict) -> str:
         if ri["available"]
         else "random-init control not run"
     )
+    if ri.get("usable") is False:
+        ri_text = f"the random-init model cannot serve as a control: {ri['reason']}"
     rnd, ww = ctl["randomization"], ctl["within_window"]
     lines.append(
         f"Controls: perm r mean {_fmt(rnd.get('mean_perm_r'), '+.4f')}, max |.| "
@@ -256,6 +274,7 @@ def verdict_text(summary: dict) -> str:
         f"{_fmt(ctl['position']['mean_abs_partial_r'])}, within windows "
         f"{_fmt(ww['mean_abs_within_window_r'])}."
     )
+    lines += degenerate_lines(summary)
     lines.append(
         "Verdict: all seed criteria met." if summary["all_criteria_met"] else "Verdict: not met."
     )
@@ -295,3 +314,26 @@ def interpretation(summary: dict) -> list[str]:
             "observed dependence of H on ‖q‖ is what rescaling the query alone produces.",
         ]
     return lines
+
+
+DEGENERATE_SHOWN = 12
+
+
+def _left_out(summary: dict) -> str:
+    n = (summary.get("degenerate") or {}).get("count", 0)
+    return f" ({n} degenerate, left out)" if n else ""
+
+
+def degenerate_lines(summary: dict) -> list[str]:
+    """The heads left out as degenerate, as one printable line (none: no line)."""
+    found = summary.get("degenerate") or {"count": 0, "heads": []}
+    if not found["count"]:
+        return []
+    heads = found["heads"]
+    shown = heads[:DEGENERATE_SHOWN]
+    named = ", ".join(f"L{h['layer']}H{h['head']} ({h['reason']})" for h in shown)
+    more = f" and {len(heads) - DEGENERATE_SHOWN} more" if len(heads) > DEGENERATE_SHOWN else ""
+    return [
+        f"Degenerate heads left out of every count, median and criterion: {found['count']}: "
+        f"{named}{more}."
+    ]

@@ -19,6 +19,7 @@ from plotly.colors import diverging
 from plotly.subplots import make_subplots
 
 from spectra_interp.stats.criteria import Criteria
+from spectra_interp.stats.degenerate import measurable
 
 # Every figure's look in one registered template: plotly_white with the pages' margins, titles
 # left-aligned in 14 px (long titles stay clear of the toolbar on the right).
@@ -537,6 +538,7 @@ def head_heatmap(table: pd.DataFrame, value: str = "pearson_r") -> go.Figure:
 
 def uncertainty_figure(table: pd.DataFrame, criteria: Criteria | None = None) -> go.Figure:
     """Every head's r with its cluster-bootstrap interval, sorted, with the pass threshold."""
+    table = measurable(table)  # degenerate heads have no statistics to show
     criteria = criteria or Criteria()
     order = np.argsort(_col(table, "pearson_r"))
     t = table.iloc[order]
@@ -595,6 +597,7 @@ def robustness_counts(
     table: pd.DataFrame, criteria: Criteria, cutoffs: np.ndarray | None = None
 ) -> pd.DataFrame:
     """Heads passing at each |r| cutoff (q cut as recorded): columns cutoff, heads."""
+    table = measurable(table)  # degenerate heads have no statistics to show
     cutoffs = np.round(np.arange(0.30, 0.701, 0.05), 2) if cutoffs is None else cutoffs
     r, q = _col(table, "pearson_r"), _col(table, "q_fdr")
     counts = [int(replace(criteria, r_threshold=float(c)).passes(r, q).sum()) for c in cutoffs]
@@ -701,6 +704,7 @@ def _diagonal_scatter(
 def random_init_scatter(table: pd.DataFrame) -> go.Figure:
     """Every head's trained r against the same head's random-init r: what training added.
     Heads that pass (trained model) and those that do not are separate, named traces."""
+    table = measurable(table)  # degenerate heads have no statistics to show
     x, y = _col(table, "random_init_r"), _col(table, "pearson_r")
     passing = passes_mask(table)
     labels = np.array(_head_labels(table), dtype=object)
@@ -737,6 +741,7 @@ def random_init_scatter(table: pd.DataFrame) -> go.Figure:
 def gain_scatter(table: pd.DataFrame) -> go.Figure:
     """Observed slope dH/dlog‖q‖ against the causal gain dH/dlog(alpha) per head: on the
     diagonal, rescaling the query explains the whole relation (temperature share 1)."""
+    table = measurable(table)  # degenerate heads have no statistics to show
     x, y = _col(table, "gain_entropy"), _col(table, "slope_obs")
     ok = np.isfinite(x) & np.isfinite(y)
     lo = float(np.min(np.r_[x[ok], y[ok], 0.0]))
@@ -785,6 +790,7 @@ def alpha_curves(frame: pd.DataFrame, heads: list[tuple[int, int]], title: str =
 def r_distribution(table: pd.DataFrame, criteria: Criteria | None = None) -> go.Figure:
     """Per layer, r of the trained model beside the permutation and random-init controls, with
     the pass threshold as dotted lines."""
+    table = measurable(table)  # degenerate heads have no statistics to show
     criteria = criteria or Criteria()
     series = [("pearson_r", "trained"), ("perm_r", "permutation"), ("random_init_r", "random init")]
     fig = go.Figure()
@@ -832,6 +838,7 @@ def passing_counts(table: pd.DataFrame) -> pd.DataFrame:
 
 def verdict_figure(table: pd.DataFrame) -> go.Figure:
     """Passing heads per layer, negative and positive stacked: where the effect lives."""
+    table = measurable(table)  # degenerate heads have no statistics to show
     counts = passing_counts(table)
     neg, pos = int(counts.negative.sum()), int(counts.positive.sum())
     fig = go.Figure(
@@ -857,7 +864,10 @@ def verdict_figure(table: pd.DataFrame) -> go.Figure:
         barmode="stack",
         title={"text": f"{neg + pos} of {len(table)} heads pass ({neg} negative, {pos} positive)"},
         xaxis={"title": {"text": "layer"}, "dtick": 1},
-        yaxis={"title": {"text": "passing heads"}, "range": [0, max(1, int(counts.heads.max()))]},
+        yaxis={
+            "title": {"text": "passing heads"},
+            "range": [0, max(1, int(counts.heads.max()) if len(counts) else 0)],
+        },
         height=400,
         legend={"orientation": "h", "y": 1.02, "x": 1, "xanchor": "right", "yanchor": "bottom"},
     )

@@ -25,6 +25,9 @@ from spectra_interp.results.load import AttentionSample
 from spectra_interp.results.store import write_text
 from spectra_interp.stats.columns import HEAD_COLUMNS
 from spectra_interp.stats.criteria import Criteria
+from spectra_interp.stats.degenerate import COLUMN as DEGENERATE
+from spectra_interp.stats.degenerate import measurable
+from spectra_interp.stats.verdict import degenerate_lines
 from spectra_interp.viz import figures
 from spectra_interp.viz.attention import bundle_js
 from spectra_interp.viz.page import fig_json, macros, render_page, render_value
@@ -36,8 +39,6 @@ MODELS = {"trained": "trained", "random_init": "random init"}
 # Panel resolution: 32 x 32 density bins and 32 position bins keep 2 models x 1000 heads small.
 DENSITY_BINS = 32
 POSITION_BINS = 32
-# A head_stats column that marks heads to leave out of the figures (degenerate measurements).
-DEGENERATE = "degenerate"
 
 # What the glossary says beyond the columns of head_stats.csv.
 TERMS = {
@@ -102,7 +103,7 @@ def summary_facts(summary: dict) -> SummaryFacts:
 
 def figure_heads(table: pd.DataFrame) -> pd.DataFrame:
     """The heads the figures show: all but those head_stats marks degenerate."""
-    return table[~figures.bool_column(table, DEGENERATE)].reset_index(drop=True)
+    return measurable(table).reset_index(drop=True)
 
 
 def _patch(traces: list[dict[str, np.ndarray]], title: str) -> dict:
@@ -422,6 +423,15 @@ def control_rows(table: pd.DataFrame, criteria: Criteria) -> list[dict]:
     return out
 
 
+def control_notes(summary: dict) -> list[str]:
+    """The random-init control's refusal and the heads left out as degenerate, in plain words."""
+    notes = list(degenerate_lines(summary))
+    control = (summary.get("controls") or {}).get("random_init") or {}
+    if control.get("usable") is False:
+        notes.insert(0, f"The random-init model cannot serve as a control: {control['reason']}.")
+    return notes
+
+
 def per_layer_rows(table: pd.DataFrame) -> list[dict]:
     """Per layer: heads, passing heads by sign, mean, min and max r."""
     counts = figures.passing_counts(table)
@@ -590,6 +600,7 @@ def report_html(results: Results) -> str:
         cards=cards(table, criteria),
         criteria_rows=criteria_rows(facts),
         controls=control_rows(table, criteria),
+        control_notes=control_notes(results.summary),
         threshold=criteria.r_threshold,
         left_out=len(results.head_stats) - len(table),
         top_heads=top_heads(table),

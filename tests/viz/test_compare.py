@@ -168,14 +168,15 @@ def test_degenerate_heads_are_left_out(folders, tmp_path):
     folder = tmp_path / "degenerate"
     shutil.copytree(folders["llama-32"], folder)
     table = pd.read_csv(folder / "head_stats.csv")
-    table["degenerate"] = (table["layer"] == 0) & (table["head"] == 1)
+    flagged = (table["layer"] == 0) & (table["head"] == 1)
+    table["degenerate"] = flagged.map({True: "constant H", False: ""})  # a reason, or empty
     table.to_csv(folder / "head_stats.csv", index=False)
     run = load_sweep(folder)
     assert run.included.sum() == 7 and not run.included[0, 1]
     assert len(run.heads) == 7
     profile = compare.profile_of(run)
     assert profile["heads"].tolist() == [3, 4]
-    kept = table[~table["degenerate"]]
+    kept = table[~flagged]
     assert profile["mean_r"].iloc[0] == pytest.approx(kept[kept["layer"] == 0]["pearson_r"].mean())
     row = compare.sweep_row(compare.Compared("d", "#000", run, profile))
     assert row["degenerate"] == 1 and row["median_r"] == pytest.approx(kept["pearson_r"].median())
