@@ -179,13 +179,15 @@ def lagrangian(hulls: Hulls, weight: Float[np.ndarray, " cell"], lam: float) -> 
 def shrink(
     loss: Float[np.ndarray, "cell grid"],
     count: Float[np.ndarray, " cell"],
-    parent_loss: Float[np.ndarray, "cell grid"],
+    parent_raw: Float[np.ndarray, "cell grid"],
+    parent_shrunk: Float[np.ndarray, "cell grid"],
     strength: float = SHRINK_QUERIES,
 ) -> Float[np.ndarray, "cell grid"]:
-    """Each cell's mean loss curve pulled towards its parent's by `strength` pseudo-queries:
-    L + m/(n+m)·(L_parent - L) (exactly L where the parent's curve is the cell's own)."""
-    pull = strength / (np.asarray(count, dtype=np.float64) + strength)
-    return loss + pull[:, None] * (parent_loss - loss)
+    """Each cell's mean curve as its parent's (shrunk) curve plus the cell's own deviation from
+    the parent, that deviation shrunk by n/(n + m) (m = `strength` pseudo-queries): an empty cell
+    takes its parent's curve, a cell that holds all its parent's queries exactly its parent's."""
+    keep = np.asarray(count, dtype=np.float64) / (np.asarray(count, dtype=np.float64) + strength)
+    return parent_shrunk + keep[:, None] * (loss - parent_raw)
 
 
 def cell_means(

@@ -98,10 +98,13 @@ def test_finer_cells_never_lose_at_the_same_lambda():
         assert fine <= coarse + 1e-12
 
 
-def test_shrinkage_is_exact_where_the_parent_is_the_cell():
-    loss = np.random.default_rng(0).random((3, 5))
-    assert np.array_equal(al.shrink(loss, np.array([1.0, 10, 100]), loss), loss)
-    pulled = al.shrink(loss, np.array([0.0, 1e9, 64.0]), np.zeros_like(loss))
+def test_shrinkage_is_exact_where_the_cell_is_its_parent():
+    rng = np.random.default_rng(0)
+    loss, parent_shrunk = rng.random((3, 5)), rng.random((3, 5))
+    same = al.shrink(loss, np.array([1.0, 10, 100]), loss, parent_shrunk)
+    assert np.array_equal(same, parent_shrunk)
+    parent_raw = np.zeros_like(loss)
+    pulled = al.shrink(loss, np.array([0.0, 1e9, 64.0]), parent_raw, parent_raw)
     assert np.allclose(pulled[0], 0) and np.allclose(pulled[1], loss[1], rtol=1e-6)
     assert np.allclose(pulled[2], loss[2] / 2)
 
