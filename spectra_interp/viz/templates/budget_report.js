@@ -10,9 +10,11 @@
     values.forEach((v) => { const o = document.createElement('option');
       o.value = v; o.textContent = v; o.selected = v === chosen; select.appendChild(o); });
   }
-  const armSel = $('arm-select'), budgetSel = $('budget-select'), ruleSel = $('rule-select');
+  Plotly.newPlot('fig-ratio', clone(D.ratio.data), clone(D.ratio.layout), CFG);
+  const armSel = $('arm-select'), budgetSel = $('budget-select'), allocSel = $('allocation-select');
   fill(armSel, D.arms, D.initial.arm);
   fill(budgetSel, D.budgets, D.initial.budget);
+  fill(allocSel, D.allocation_arms, D.initial_allocation);
 
   function heatmap(id, z, title, colorscale, zmid) {
     const trace = {type: 'heatmap', z: z, colorscale: colorscale,
@@ -27,15 +29,21 @@
     const z = (D.heads[arm] || {})[budget] || [];
     heatmap('head-heatmap', z, 'keys kept per head · ' + arm + ' at budget ' + budget, 'Viridis');
   }
-  function showRule() {
-    const which = ruleSel.value, budget = budgetSel.value;
-    const title = ruleSel.options[ruleSel.selectedIndex].textContent + ' · budget ' + budget;
-    heatmap('rule-heatmap', (D.rules[budget] || {})[which] || [], title, 'RdBu', 0);
+  function showAllocation() {
+    const arm = allocSel.value, budget = budgetSel.value;
+    const grid = (D.allocation[arm] || {})[budget] || {z: [], rows: []};
+    Plotly.react('allocation-heatmap', [{type: 'heatmap', z: grid.z, y: grid.rows,
+      colorscale: 'Viridis',
+      hovertemplate: '%{y}, position bin %{x}: %{z:.3f}<extra></extra>'}],
+      {title: {text: 'allocated fraction · ' + arm + ' at budget ' + budget},
+       height: Math.max(420, 12 * grid.rows.length),
+       xaxis: {title: 'bin of log(keys seen)', dtick: 1}, yaxis: {title: 'layer.head'},
+       margin: {l: 70, r: 10, t: 40, b: 50}}, CFG);
   }
   armSel.addEventListener('change', showHeads);
-  budgetSel.addEventListener('change', () => { showHeads(); showRule(); });
-  ruleSel.addEventListener('change', showRule);
+  budgetSel.addEventListener('change', () => { showHeads(); showAllocation(); });
+  allocSel.addEventListener('change', showAllocation);
   showHeads();
-  showRule();
+  showAllocation();
   document.body.dataset.ready = '1';
 })();
