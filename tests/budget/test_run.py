@@ -11,7 +11,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 
@@ -30,7 +29,7 @@ from spectra_interp.results.layout import BudgetLayout
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_results_folder_is_complete(finished):
+def test_results_folder_is_complete(finished, corpus_dir):
     layout = BudgetLayout(finished)
     for name in layout.OUTPUTS:
         assert layout.path(name).is_file(), name
