@@ -182,3 +182,19 @@ def test_two_torchrun_ranks_give_the_curves_of_one_process(
         check_exact=False,
         rtol=1e-5,
     )
+
+
+def test_one_feature_cell_makes_qnorm_head_position_exactly(tiny_dir, corpus_dir, tmp_path):
+    out = tmp_path / "one-cell"
+    run_budget(
+        run_config(tiny_dir, corpus_dir, out, feature_cells=1, report=False), log=lambda _: None
+    )
+    curves = pd.read_csv(out / "budget_curves.csv").set_index(["arm", "budget"])
+    columns = ["keys_frac", "kl_mean", "kl_p99", "ppl", "top1_agree", "lambda_transfer_budget"]
+    for budget in (0.3, 0.5):
+        qnorm = curves.loc[(arms.PROPOSAL, budget), columns]
+        rival = curves.loc[(arms.RIVAL, budget), columns]
+        assert (qnorm == rival).all(), (qnorm, rival)
+    summary = json.loads((out / "summary.json").read_text())
+    for v in summary["budgets"]:
+        assert v["ratio"]["point"] == 1.0 and v["call"] == "no useful effect"
