@@ -14,6 +14,7 @@ plan set.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -268,8 +269,14 @@ def arm_counts(
 # --- making the plan -------------------------------------------------------------------------
 
 
-def _stack(layout: BudgetLayout, stage: str, window_ids: np.ndarray) -> list[dict]:
-    return [store.read_shard(layout, stage, int(w)) for w in window_ids]
+def _inputs(
+    layout: BudgetLayout, stage: str, window_ids: np.ndarray, geometry: Geometry,
+    config: BudgetConfig,
+) -> Iterator[tuple[dict[str, np.ndarray], WindowInputs]]:  # fmt: skip
+    """Each window's shard and inputs, one window at a time (the plan holds no more)."""
+    for w in window_ids:
+        shard = store.read_shard(layout, stage, int(w))
+        yield shard, window_inputs(shard, int(w), geometry, config)
 
 
 def _parent(arm: arms.Arm) -> str | None:
@@ -283,27 +290,49 @@ def _parent(arm: arms.Arm) -> str | None:
     raise AssertionError(f"{arm.name} has no parent arm")
 
 
+class CellSums:
+    """Per fitted arm and cell: the sums over queries of the loss and the cost at each grid
+    fraction, and the count, accumulated window by window (mergeable)."""
+
+    def __init__(self, n_cells: dict[str, int]) -> None:
+        g = len(al.FRACTIONS)
+        self.n_cells = n_cells
+        self.loss = {a: np.zeros((n, g)) for a, n in n_cells.items()}
+        self.cost = {a: np.zeros((n, g)) for a, n in n_cells.items()}
+        self.count = {a: np.zeros(n) for a, n in n_cells.items()}
+
+    def add(self, cells: dict[str, np.ndarray], cost: np.ndarray, loss: np.ndarray | None) -> None:
+        """One window: `cells[arm]` [q], `cost` and `loss` [q, grid] (loss None: costs only)."""
+        for name, ids in cells.items():
+            n = self.n_cells[name]
+            self.count[name] += np.bincount(ids, minlength=n)
+            for g in range(cost.shape[1]):
+                self.cost[name][:, g] += np.bincount(ids, weights=cost[:, g], minlength=n)
+                if loss is not None:
+                    self.loss[name][:, g] += np.bincount(ids, weights=loss[:, g], minlength=n)
+
+    def means(self, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(mean loss, mean cost, count) per cell (0 where a cell is empty)."""
+        count = self.count[name]
+        safe = np.maximum(count, 1)[:, None]
+        return self.loss[name] / safe, self.cost[name] / safe, count
+
+
 def fit_arm_curves(
-    cells: dict[str, np.ndarray],
-    loss: np.ndarray,
-    cost: np.ndarray,
-    n_cells: dict[str, int],
-    ratio: dict[str, int],
+    raw: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]], ratio: dict[str, int]
 ) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """Per fitted arm: (shrunk loss, cost, count) per cell from the calibration queries (flat:
-    `cells[arm]` [q], `loss` and `cost` [q, grid]), parents first."""
-    raw: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+    """Per fitted arm: (shrunk loss, cost, count) per cell from its raw (mean loss, mean cost,
+    count), parents first: each curve shrunk towards its parent cell's, an empty cell's cost its
+    parent's."""
     out: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
     for name in arms.FITTED:
-        mean_loss, count = al.cell_means(cells[name], loss, n_cells[name])
-        mean_cost, _ = al.cell_means(cells[name], cost, n_cells[name])
-        raw[name] = (mean_loss, mean_cost, count)
+        mean_loss, mean_cost, count = raw[name]
         parent = _parent(arms.REGISTRY[name])
         if parent is None:
             out[name] = (mean_loss, mean_cost, count)
             continue
-        up = np.arange(n_cells[name]) // ratio[name]
-        parent_loss, parent_cost, _ = raw[parent]
+        up = np.arange(len(count)) // ratio[name]
+        parent_loss = raw[parent][0]
         shrunk_loss = al.shrink(mean_loss, count, parent_loss[up], out[parent][0][up])
         cell_cost = np.where(count[:, None] > 0, mean_cost, out[parent][1][up])
         out[name] = (shrunk_loss, cell_cost, count)
@@ -317,66 +346,56 @@ def make_plan(
     geometry: Geometry,
 ) -> Plan:
     """Fit every fitted arm's allocation on the calibration shards and meet each budget on the
-    evaluation shards; the recency scale and the top-p masses likewise."""
+    evaluation shards; the recency scale and the top-p masses likewise. Shards are read one
+    window at a time and reduced to sums per cell."""
     first = geometry.first
     cal_ids = splits[CAL].meta["window_id"].to_numpy()
     eval_ids = splits[EVAL].meta["window_id"].to_numpy()
-    cal_shards = _stack(layout, CAL, cal_ids)
-    n_layers, n_heads = cal_shards[0]["qnorm"].shape[:2]
+    n_grid = len(al.FRACTIONS)
+    values: dict[str, list[np.ndarray]] = {name: [] for name in FEATURES}
+    for _, x in _inputs(layout, CAL, cal_ids, geometry, config):
+        for name in FEATURES:
+            values[name].append(x.features[name])
+    n_layers, n_heads = values[arms.QNORM][0].shape[:2]
     grid = Grid(n_layers, n_heads, config.position_cells, config.feature_cells)
-    cal_inputs = [
-        window_inputs(s, int(w), geometry, config) for s, w in zip(cal_shards, cal_ids, strict=True)
-    ]
     features = {
-        name: fit_edges(
-            np.stack([x.features[name] for x in cal_inputs]),
-            geometry.pbin,
-            config.position_cells,
-            config.feature_cells,
-        )  # fmt: skip
-        for name in FEATURES
+        name: fit_edges(np.stack(v), geometry.pbin, config.position_cells, config.feature_cells)
+        for name, v in values.items()
     }
-    loss = np.concatenate([s["loss"].reshape(-1, len(al.FRACTIONS)) for s in cal_shards])
-    del cal_shards
-    cost = np.concatenate(
-        [
-            cost_curves(geometry.n, geometry.least, x.u).reshape(-1, len(al.FRACTIONS))
-            for x in cal_inputs
-        ]
-    )
-    pbin = geometry.pbin
+    del values
     n_cells = {name: grid.n_cells(arms.REGISTRY[name]) for name in arms.FITTED}
     ratio = {name: grid.parent(arms.REGISTRY[name]) for name in arms.FITTED}
 
-    def flat_cells(inputs: list[WindowInputs], name: str) -> np.ndarray:
-        arm = arms.REGISTRY[name]
-        return np.concatenate(
-            [query_cells(arm, grid, features, x, pbin, config.seed).ravel() for x in inputs]
-        )
+    def cells_of(x: WindowInputs) -> dict[str, np.ndarray]:
+        return {
+            name: query_cells(
+                arms.REGISTRY[name], grid, features, x, geometry.pbin, config.seed
+            ).ravel()
+            for name in arms.FITTED
+        }
 
-    cal_cells = {name: flat_cells(cal_inputs, name) for name in arms.FITTED}
-    curves = fit_arm_curves(
-        cal_cells, loss.astype(np.float64), cost.astype(np.float64), n_cells, ratio
-    )
-    del loss
-    eval_shards = _stack(layout, EVAL, eval_ids)
-    eval_inputs = [
-        window_inputs(s, int(w), geometry, config)
-        for s, w in zip(eval_shards, eval_ids, strict=True)
-    ]
-    eval_cost = np.concatenate(
-        [
-            cost_curves(geometry.n, geometry.least, x.u).reshape(-1, len(al.FRACTIONS))
-            for x in eval_inputs
-        ]
-    ).astype(np.float64)
+    calibration = CellSums(n_cells)
+    for shard, x in _inputs(layout, CAL, cal_ids, geometry, config):
+        cost = cost_curves(geometry.n, geometry.least, x.u).reshape(-1, n_grid)
+        calibration.add(cells_of(x), cost, shard["loss"].reshape(-1, n_grid))
+    curves = fit_arm_curves({name: calibration.means(name) for name in arms.FITTED}, ratio)
+    evaluation = CellSums(n_cells)
+    shares = {name: 0.0 for name in arms.TOP_P}
+    share_key = {arms.BOUND: "oracle_share", arms.ESTIMATED: "estimated_share"}
+    for shard, x in _inputs(layout, EVAL, eval_ids, geometry, config):
+        evaluation.add(
+            cells_of(x), cost_curves(geometry.n, geometry.least, x.u).reshape(-1, n_grid), None
+        )
+        for name in arms.TOP_P:
+            shares[name] = shares[name] + shard[share_key[name]].sum((0, 1))
+    n_queries = len(eval_ids) * n_heads * n_layers * (config.ctx - first)
+    shares = {name: np.asarray(v) / n_queries for name, v in shares.items()}
     budgets = tuple(sorted(float(b) for b in config.budgets))
     fitted = {}
     for name in arms.FITTED:
         shrunk_loss, cell_cost, count = curves[name]
         hulls = al.Hulls.of(cell_cost, shrunk_loss)
-        eval_cells = flat_cells(eval_inputs, name)
-        eval_mean_cost, eval_count = al.cell_means(eval_cells, eval_cost, n_cells[name])
+        _, eval_mean_cost, eval_count = evaluation.means(name)
         w_eval = eval_count / eval_count.sum()
         w_cal = count / count.sum()
         met = [al.allocate(hulls, w_eval, eval_mean_cost, b) for b in budgets]
@@ -390,33 +409,31 @@ def make_plan(
             cal_share_high=np.stack([a.share_high for a in cal]),
             lam_calibration=np.array([a.lam for a in cal]),
         )  # fmt: skip
+    u = torch.from_numpy(
+        np.stack([x.u for _, x in _inputs(layout, EVAL, eval_ids, geometry, config)])
+    )
     recency = [
         arms.solve_log_scale(
-            torch.zeros((len(eval_ids), *eval_inputs[0].u.shape), dtype=torch.float64),
-            torch.from_numpy(np.stack([x.u for x in eval_inputs])),
-            geometry.fewest[:, first:], geometry.visible[:, first:], b,
+            torch.zeros(u.shape, dtype=torch.float64), u, geometry.fewest[:, first:],
+            geometry.visible[:, first:], b,
         )[0]
         for b in budgets
     ]  # fmt: skip
-    n_queries = len(eval_ids) * n_heads * n_layers * (config.ctx - first)
-    shares = {
-        arms.BOUND: sum(s["oracle_share"].sum((0, 1)) for s in eval_shards) / n_queries,
-        arms.ESTIMATED: sum(s["estimated_share"].sum((0, 1)) for s in eval_shards) / n_queries,
-    }
+    del u
     top_p_mass = {a: [arms.oracle_mass(shares[a], b)[0] for b in budgets] for a in arms.TOP_P}
     plan = Plan(
         budgets=budgets, seed=config.seed, position_cells=config.position_cells,
         feature_cells=config.feature_cells, always_kept_floor=geometry.floor, features=features,
-        fitted=fitted, recency_log_scale=[float(x) for x in recency], top_p_mass=top_p_mass,
+        fitted=fitted, recency_log_scale=[float(r) for r in recency], top_p_mass=top_p_mass,
         top_p_grid_fraction={a: list(map(float, shares[a])) for a in arms.TOP_P},
     )  # fmt: skip
-    return _with_budgets(plan, eval_inputs, eval_shards, geometry, n_heads, shares, budgets)
+    inputs = [x for _, x in _inputs(layout, EVAL, eval_ids, geometry, config)]
+    return _with_budgets(plan, inputs, geometry, n_heads, shares, budgets)
 
 
 def _with_budgets(
     plan: Plan,
     inputs: list[WindowInputs],
-    shards: list[dict],
     geometry: Geometry,
     n_heads: int,
     shares: dict[str, np.ndarray],
@@ -438,8 +455,11 @@ def _with_budgets(
             for out, flag in ((row, False), (moved, True)):
                 if flag and not arm.fitted:
                     continue
-                counts = arm_counts(name, j, plan, inputs, {}, geometry, n_heads, transfer=flag)
-                out.append(float((counts[..., first:].double() / visible).mean()))
+                total = 0.0
+                for x in inputs:  # one window at a time
+                    counts = arm_counts(name, j, plan, [x], {}, geometry, n_heads, transfer=flag)
+                    total += float((counts[..., first:].double() / visible).mean())
+                out.append(total / len(inputs))
         planned[name] = row
         if arm.fitted:
             transfer[name] = moved

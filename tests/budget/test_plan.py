@@ -65,9 +65,12 @@ def per_document_loss(signal: bool, feature_bins: int = 4, budget: float = 0.1):
     ratio = {n: grid.parent(reg[n]) for n in names}
     flat_loss = cal[2].reshape(-1, len(GRID))
     cost = np.broadcast_to(GRID, flat_loss.shape)
-    curves = fit_arm_curves(
-        {n: cells(cal_in, n).ravel() for n in names}, flat_loss, cost, n_cells, ratio
-    )
+    raw = {}
+    for n in names:
+        ids = cells(cal_in, n).ravel()
+        mean_loss, count = al.cell_means(ids, flat_loss, n_cells[n])
+        raw[n] = (mean_loss, al.cell_means(ids, cost, n_cells[n])[0], count)
+    curves = fit_arm_curves(raw, ratio)
     out, allocations = {}, {}
     for name in names:
         shrunk, cell_cost, count = curves[name]
