@@ -205,12 +205,17 @@ def verdicts(
         beats = bool(
             test["kl_diff"] < 0 and np.isfinite(test["p_one_sided"]) and test["p_one_sided"] < alpha
         )
+        called = vd.call(ratio, margin, beats)
         out.append(
             vd.BudgetVerdict(
                 budget=float(b),
                 ratio=ratio,
-                call=vd.call(ratio, margin, beats),
-                documents_to_decide=vd.documents_to_decide(ratio, margin, clusters.n),
+                call=called,
+                documents_to_decide=(
+                    vd.documents_to_decide(ratio, margin, clusters.n)
+                    if called == vd.UNDECIDED
+                    else None
+                ),
                 qnorm_vs_control=test,
                 beats_control=beats,
                 entropy_gap_closed=vd.gap_closed(arm, rival, ceiling, **boot),
