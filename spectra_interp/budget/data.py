@@ -1,6 +1,6 @@
-"""The two disjoint sets of documents: calibration (fits the rules) and evaluation (tests them).
+"""The two disjoint sets of documents: calibration (fits the allocation) and evaluation (tests it).
 
-Documents, not windows, are split, so no text that fitted a rule is ever used to judge it. The
+Documents, not windows, are split, so no text that fitted an allocation ever judges it. The
 split is drawn from the seed; each side is then cut into windows as the sweep cuts them
 (`make_windows`, spread across documents), and written once to the results folder so a resumed
 run reads the very same windows back.
