@@ -212,15 +212,16 @@ class BudgetConfig(RunConfig):
     """One Phase 2 run: can ‖q‖ set each query's key budget better than its head and position?
 
     The offline default (SmolLM2-135M, 2 CPU cores, inside 10 minutes): ctx 256 and budgets
-    0.2, 0.35, so that 28 evaluation windows, each from its own document, fit beside 24
-    calibration windows; the corpus is the bundled books and the pinned standard-library modules
+    0.2, 0.35, so that 24 evaluation windows, each from its own document, fit beside 16
+    calibration windows (19 forwards per evaluation window, about 1.4 CPU-seconds each on one
+    core; see the README); the corpus is the bundled books and the pinned standard-library modules
     (`budget.data.PINNED_STDLIB`), each file its own document. `skip_first=16`: the first queries
     see so few keys that the always-kept sink and recent keys are most of them; every arm is
     nearly dense there, so they would only dilute the comparison (they attend to every visible
     key in every arm and are not evaluated). `position_cells=8, feature_cells=4` are fixed, not
     cross-validated: 8 bins of log(keys seen) follow the span's growth with position at every
     ctx used here, and 4 quantile bins of a residual leave each (head, position) cell about
-    (windows x 240 / 32) calibration queries (about 180 in the default) before the shrinkage
+    (windows x 240 / 32) calibration queries (about 120 in the default) before the shrinkage
     towards the parent cell, which takes over where a cell is sparse.
     """
 
@@ -232,11 +233,11 @@ class BudgetConfig(RunConfig):
     )
     ctx: int = setting(256, "tokens per window", check=_ctx)
     max_windows: int | None = setting(
-        28, "evaluation windows to sample with the seed, spread across documents (none: all)",
+        24, "evaluation windows to sample with the seed, spread across documents (none: all)",
         check=optional_positive_int, parse=optional_int,
     )  # fmt: skip
     calibration_windows: int | None = setting(
-        24, "calibration windows to sample with the seed (none: all)",
+        16, "calibration windows to sample with the seed (none: all)",
         check=optional_positive_int, parse=optional_int,
     )  # fmt: skip
     calibration_share: float = setting(
