@@ -167,11 +167,19 @@ def _listed(value: Any) -> Any:
         return {k: _listed(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [_listed(v) for v in value]
+    if isinstance(value, np.ndarray) and value.dtype.kind == "f" and value.size:
+        return np.vectorize(_short, otypes=[object])(value).tolist()
     if isinstance(value, np.ndarray):
         return value.tolist()
     if isinstance(value, np.generic):
         return value.item()
     return value
+
+
+def _short(x: float) -> float:
+    """A float written with 9 significant digits (the plan is read back from its JSON, so every
+    process uses the same numbers)."""
+    return float(f"{x:.9g}")
 
 
 def write_plan(layout: BudgetLayout, plan: Plan) -> None:
