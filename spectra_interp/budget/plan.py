@@ -436,7 +436,8 @@ def make_plan(
         top_p_grid_fraction={a: list(map(float, shares[a])) for a in arms.TOP_P},
     )  # fmt: skip
     inputs = [x for _, x in _inputs(layout, EVAL, eval_ids, geometry, config)]
-    return _with_budgets(plan, inputs, geometry, n_heads, shares, budgets)
+    as_written = Plan.from_json(plan.to_json())  # the numbers every process will read back
+    return _with_budgets(as_written, inputs, geometry, n_heads, shares, budgets)
 
 
 def _with_budgets(
