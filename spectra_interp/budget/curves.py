@@ -27,7 +27,6 @@ from spectra_interp.budget.arms import (
     CEILING,
     CONTROL,
     DENSE,
-    ESTIMATED,
     FEATURE,
     FITTED,
     HEAD,
@@ -57,8 +56,9 @@ CURVE_COLUMNS: dict[str, str] = {
     "n_documents": "evaluation documents",
     "lambda_transfer_budget": "the mean fraction a fitted arm reaches on the evaluation documents "
     "with λ fixed on the calibration documents (what an engine could set in advance)",
-    "keys_read": "keys read per query head, mean count: the kept keys, and for estimated_top_p "
-    "also every visible key at 4 of 16 bits (its quantised pass)",
+    "keys_read": "keys read per query head, mean count: the kept keys, and for an arm that "
+    "estimates its count on quantised keys also every visible key at bits/16 (estimated_top_p: "
+    "4/16)",
 }
 PER_HEAD_COLUMNS: dict[str, str] = {
     "arm": "the arm",
@@ -101,7 +101,6 @@ def curve_table(
     *,
     n_boot: int,
     seed: int,
-    estimate_bits: int,
 ) -> pd.DataFrame:
     """budget_curves.csv: one row per (arm, budget), the dense reference first."""
     n_windows, n_combos, n_tokens = masked.kl.shape
@@ -124,7 +123,8 @@ def curve_table(
     ordered = sorted(budgets)
     rows = []
     for c, (arm, budget) in enumerate(combos(budgets)):
-        read = keys_read[c] + (estimate_bits / 16 * keys_read[0] if arm == ESTIMATED else 0.0)
+        bits = REGISTRY[arm].estimate_bits
+        read = keys_read[c] + (bits / 16 * keys_read[0] if bits else 0.0)
         moved = transfer.get(arm)
         rows.append(
             {

@@ -283,11 +283,9 @@ def finalize(
     clusters = Clusters(pd.factorize(document_names(meta))[0].astype(np.int64), DOCUMENT)
     budgets = plan.budgets
     masked = load_masked(layout, meta["window_id"].to_numpy(), config.ctx - config.skip_first)
-    bits = arms.REGISTRY[arms.ESTIMATED].estimate_bits or 16
     curves = curve_table(
-        masked, budgets, clusters, plan.transfer_budget, n_boot=config.n_boot, seed=config.seed,
-        estimate_bits=bits,
-    )  # fmt: skip
+        masked, budgets, clusters, plan.transfer_budget, n_boot=config.n_boot, seed=config.seed
+    )
     per_budget = verdicts(
         masked, budgets, clusters, alpha=config.alpha, margin=config.margin, n_boot=config.n_boot,
         seed=config.seed,
