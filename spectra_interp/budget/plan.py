@@ -14,6 +14,7 @@ plan set.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -187,8 +188,6 @@ def write_plan(layout: BudgetLayout, plan: Plan) -> None:
 
 
 def read_plan(layout: BudgetLayout) -> Plan:
-    import json
-
     return Plan.from_json(json.loads(layout.plan.read_text()))
 
 
