@@ -211,18 +211,18 @@ def _budgets(flag: str, value: Any) -> None:
 class BudgetConfig(RunConfig):
     """One Phase 2 run: can ‖q‖ set each query's key budget better than its head and position?
 
-    The offline default (SmolLM2-135M, 2 CPU cores, inside 10 minutes): ctx 256 and budgets
-    0.2, 0.35, so that 24 evaluation windows, each from its own document, fit beside 16
-    calibration windows (19 forwards per evaluation window, about 23 CPU-seconds per window on
-    one thread; see the README); the corpus is the bundled books and the pinned standard-library
-    modules (`budget.data.PINNED_STDLIB`), each file its own document. `skip_first=16`: the
-    first queries see so few keys that the always-kept sink and recent keys are most of them; every arm is
-    nearly dense there, so they would only dilute the comparison (they attend to every visible
-    key in every arm and are not evaluated). `position_cells=8, feature_cells=4` are fixed, not
-    cross-validated: 8 bins of log(keys seen) follow the span's growth with position at every
-    ctx used here, and 4 quantile bins of a residual leave each (head, position) cell about
-    (windows x 240 / 32) calibration queries (about 120 in the default) before the shrinkage
-    towards the parent cell, which takes over where a cell is sparse.
+    The offline default (SmolLM2-135M, 2 CPU cores, inside 10 minutes): ctx 256 and budgets 0.2,
+    0.35, so that 24 evaluation windows, each from its own document, fit beside 16 calibration
+    windows (19 forwards per evaluation window, about 23 CPU-seconds per window on one thread; see
+    the README); the corpus is the bundled books and the pinned standard-library modules
+    (`budget.data.PINNED_STDLIB`), each file its own document. `skip_first=16`: the first queries
+    see so few keys that the always-kept sink and recent keys are most of them; every arm is nearly
+    dense there, so they would only dilute the comparison (they attend to every visible key in every
+    arm and are not evaluated). `position_cells=8, feature_cells=4` are fixed, not cross-validated:
+    8 bins of log(keys seen) follow the span's growth with position at every ctx used here, and 4
+    quantile bins of a residual leave each (head, position) cell about (windows x 240 / 32)
+    calibration queries (about 120 in the default) before the shrinkage towards the parent cell,
+    which takes over where a cell is sparse.
     """
 
     OUT_PREFIX: ClassVar[str] = "adaptive-"
