@@ -26,10 +26,10 @@ from typing import Any
 import numpy as np
 from jaxtyping import Float
 
+from spectra_interp.results.layout import BUDGET_SCHEMA_VERSION
 from spectra_interp.stats.inference import bootstrap_ci
 
 HELPS, HURTS, NO_EFFECT, UNDECIDED = "helps", "hurts", "no useful effect", "undecided"
-SCHEMA = 2
 
 
 @dataclass(frozen=True)
@@ -141,7 +141,7 @@ class Summary:
     budgets_met: dict[str, Any]
     by_source: list[dict[str, Any]] = field(default_factory=list)
     run: dict[str, Any] = field(default_factory=dict)
-    schema: int = SCHEMA
+    schema: int = BUDGET_SCHEMA_VERSION
 
     def to_json(self) -> dict[str, Any]:
         return _json_ready(asdict(self))

@@ -148,7 +148,8 @@ class SweepLayout(Layout):
         return self.root / self.ATTENTION
 
 
-BUDGET_SCHEMA_VERSION = 1
+# 2: one loss-optimal allocator (plan.json, allocation.csv) and the typed verdict in summary.json.
+BUDGET_SCHEMA_VERSION = 2
 
 
 @dataclass(frozen=True)

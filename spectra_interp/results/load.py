@@ -4,6 +4,7 @@ typed object for the report, the notebooks and the tests."""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,14 +41,16 @@ class Shards:
     arrays: SampleArrays
 
 
-def load_shards(layout: SweepLayout, model: str, window_ids: np.ndarray) -> Shards:
-    """Every window's shard of one model, in window order."""
+def checked_shards(
+    layout: SweepLayout, model: str, window_ids: np.ndarray
+) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
+    """(window id, shard) of one model in window order; every shard must exist and be of this
+    version of the statistics."""
     missing = sorted(set(window_ids.tolist()) - layout.done_windows(model))
     if missing:
         raise SpectraError(
             f"{layout.root}: {len(missing)} {model} windows have no shard (e.g. {missing[0]})."
         )
-    stats, frames, samples = [], [], []
     for wid in window_ids.tolist():
         shard = read_shard(layout, model, wid)
         if int(shard["stats_version"]) != STATS_VERSION:
@@ -55,6 +58,13 @@ def load_shards(layout: SweepLayout, model: str, window_ids: np.ndarray) -> Shar
                 f"{layout.root}: the shard of window {wid} was written by another version of "
                 "the statistics; rerun with --overwrite."
             )
+        yield wid, shard
+
+
+def load_shards(layout: SweepLayout, model: str, window_ids: np.ndarray) -> Shards:
+    """Every window's shard of one model, in window order."""
+    stats, frames, samples = [], [], []
+    for wid, shard in checked_shards(layout, model, window_ids):
         stats.append(shard["stats"])
         sample = {
             k.removeprefix(SAMPLE_PREFIX): v

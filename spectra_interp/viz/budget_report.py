@@ -11,16 +11,12 @@ script and stylesheet beside it (and the sweep report's stylesheet).
 
 from __future__ import annotations
 
-import html
-import json
 from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
-from markupsafe import Markup
-from plotly.offline import get_plotlyjs
 
 from spectra_interp.budget.arms import (
     ARMS,
@@ -40,14 +36,9 @@ from spectra_interp.errors import SpectraError
 from spectra_interp.results.layout import BudgetLayout
 from spectra_interp.results.load import read_json_object
 from spectra_interp.results.store import write_text
-from spectra_interp.viz.report import (
-    asset,
-    flat_config,
-    json_for_script,
-    labelled,
-    render_value,
-    template_environment,
-)
+from spectra_interp.viz.figures import TEMPLATE
+from spectra_interp.viz.page import fig_json, render_page
+from spectra_interp.viz.provenance import flat_config, labelled
 
 ARM_COLORS = {name: arm.colour for name, arm in REGISTRY.items()}
 ARM_DASH = {name: arm.dash for name, arm in REGISTRY.items()}
@@ -102,11 +93,10 @@ def quality_figure(curves: pd.DataFrame, column: str, title: str) -> go.Figure:
             )
         )
     fig.update_layout(
+        template=TEMPLATE,
         title={"text": title},
         xaxis_title="keys kept (mean fraction of visible keys)",
         yaxis_title=title,
-        height=380,
-        margin={"l": 60, "r": 10, "t": 40, "b": 50},
         legend={"orientation": "h", "y": -0.25},
     )
     if log_y:
@@ -194,8 +184,8 @@ def ratio_figure(summary: Summary) -> go.Figure:
     fig.add_hline(y=1, line_dash="dot", line_color="#555")
     fig.update_layout(
         title={"text": f"KL {PROPOSAL} / {RIVAL}, {100 * summary.ci_level:g}% CI, margin ±{m:g}"},
-        xaxis_title="budget", yaxis_title="KL ratio", height=340,
-        margin={"l": 60, "r": 10, "t": 40, "b": 50}, showlegend=False,
+        template=TEMPLATE, xaxis_title="budget", yaxis_title="KL ratio", height=340,
+        showlegend=False,
     )  # fmt: skip
     return fig
 
@@ -204,7 +194,7 @@ def _num(value: object, fmt: str) -> str:
     return fmt.format(value) if isinstance(value, int | float) and np.isfinite(value) else "—"
 
 
-def run_line(config: dict, folder: Path) -> str:
+def run_parts(config: dict, folder: Path) -> list[tuple[str, str]]:
     """model · corpus · context · windows · documents · device ... from config.json."""
     parts = labelled(
         flat_config(config),
@@ -216,15 +206,12 @@ def run_line(config: dict, folder: Path) -> str:
     )  # fmt: skip
     windows = config.get("n_windows")
     if isinstance(windows, dict):
-        parts.append(
-            "<b>windows</b> " + html.escape(", ".join(f"{k} {v}" for k, v in windows.items()))
-        )
+        parts.append(("windows", ", ".join(f"{k} {v}" for k, v in windows.items())))
     documents = config.get("documents")
     if isinstance(documents, dict):
-        counts = ", ".join(f"{k} {len(v)}" for k, v in documents.items())
-        parts.append(f"<b>documents</b> {html.escape(counts)}")
-    parts.append(f"<b>folder</b> {html.escape(folder.name)}")
-    return " · ".join(parts)
+        parts.append(("documents", ", ".join(f"{k} {len(v)}" for k, v in documents.items())))
+    parts.append(("folder", folder.name))
+    return parts
 
 
 def budget_report_html(folder: str | Path) -> str:
@@ -240,48 +227,45 @@ def budget_report_html(folder: str | Path) -> str:
     budgets = sorted(float(b) for b in per_head["budget"].unique())
     data = {
         "figures": {
-            column: json.loads(quality_figure(curves, column, title).to_json())
+            column: fig_json(quality_figure(curves, column, title))
             for column, title in QUALITY_FIGURES
         },
         "arms": [a for a in ARMS if a in set(per_head["arm"])],
         "budgets": [f"{b:g}" for b in budgets],
-        "ratio": json.loads(ratio_figure(summary).to_json()),
+        "ratio": fig_json(ratio_figure(summary)),
         "heads": head_grids(per_head),
         "allocation": allocation_grids(allocation),
         "allocation_arms": [a for a in FITTED if POSITION in REGISTRY[a].cells],
         "initial_allocation": RIVAL,
         "initial": {"arm": PROPOSAL, "budget": f"{budgets[len(budgets) // 2]:g}"},
+        "template": fig_json(go.Figure(layout={"template": TEMPLATE}))["layout"]["template"],
     }
     table = curves.round(5).replace({np.nan: None})
-    return (
-        template_environment()
-        .get_template("budget_report.html.j2")
-        .render(
-            model=str(flat_config(config).get("model", "")),
-            run_line=Markup(run_line(config, layout.root)),
-            question=summary.question,
-            verdict=summary.verdict,
-            comparisons=comparison_rows(summary),
-            rival=RIVAL,
-            proposal=PROPOSAL,
-            bound=BOUND,
-            control=CONTROL,
-            ceiling=CEILING,
-            level=f"{100 * summary.ci_level:g}%",
-            alpha=summary.alpha,
-            margin=summary.margin,
-            columns=CURVE_COLUMNS,
-            rows=table.to_dict("records"),
-            budgets_met=Markup(render_value(summary.budgets_met)),
-            by_source=summary.by_source,
-            arms=ARMS,
-            summary_html=Markup(render_value(raw_summary)),
-            config_html=Markup(render_value(config)),
-            css=asset("report.css") + asset("budget_report.css"),
-            app_js=asset("budget_report.js"),
-            plotly_js=Markup(get_plotlyjs()),
-            data=Markup(json_for_script(data)),
-        )
+    return render_page(
+        "budget_report.html.j2",
+        css=["report.css", "budget_report.css"],
+        app_js="budget_report.js",
+        data=data,
+        model=str(flat_config(config).get("model", "")),
+        run_parts=run_parts(config, layout.root),
+        question=summary.question,
+        verdict=summary.verdict,
+        comparisons=comparison_rows(summary),
+        rival=RIVAL,
+        proposal=PROPOSAL,
+        bound=BOUND,
+        control=CONTROL,
+        ceiling=CEILING,
+        level=f"{100 * summary.ci_level:g}%",
+        alpha=summary.alpha,
+        margin=summary.margin,
+        columns=CURVE_COLUMNS,
+        rows=table.to_dict("records"),
+        budgets_met=summary.budgets_met,
+        by_source=summary.by_source,
+        arms=ARMS,
+        summary=raw_summary,
+        config=config,
     )
 
 

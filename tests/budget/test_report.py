@@ -15,6 +15,7 @@ from spectra_interp.budget import arms
 from spectra_interp.budget.curves import CURVE_COLUMNS
 from spectra_interp.errors import SpectraError
 from spectra_interp.viz import budget_report
+from spectra_interp.viz import page as page_module
 
 
 def _page_data(page: str) -> dict:
@@ -54,6 +55,12 @@ def test_the_report_is_one_file_built_from_the_folder(finished, tmp_path):
     assert data["allocation_arms"] == ["head_position", "qnorm", "qnorm_shuffled", "entropy"]
     ratio = data["ratio"]["data"][0]
     assert ratio["y"] == pytest.approx([b["ratio"]["point"] for b in summary["budgets"]])
+    # the shared page: the shipped bundle draws every trace, the toolbar sends nothing
+    assert data["plotly_config"] == page_module.PLOTLY_CONFIG
+    assert page_module.plotly_js()[:2000] in page
+    figs = [*data["figures"].values(), data["ratio"]]
+    used = {t.get("type", "scatter") for f in figs for t in f["data"]} | {"heatmap"}
+    assert used <= set(page_module.bundle_trace_types())
 
 
 def test_every_column_header_has_its_meaning(finished, tmp_path):

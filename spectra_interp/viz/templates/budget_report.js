@@ -1,6 +1,6 @@
 (function () {
   const D = JSON.parse(document.getElementById('spectra-data').textContent);
-  const CFG = {responsive: true, displaylogo: false};
+  const CFG = D.plotly_config;
   const $ = (id) => document.getElementById(id);
   const clone = (x) => structuredClone(x);
   Object.entries(D.figures).forEach(([name, fig]) =>
@@ -16,13 +16,11 @@
   fill(budgetSel, D.budgets, D.initial.budget);
   fill(allocSel, D.allocation_arms, D.initial_allocation);
 
-  function heatmap(id, z, title, colorscale, zmid) {
+  function heatmap(id, z, title, colorscale) {
     const trace = {type: 'heatmap', z: z, colorscale: colorscale,
       hovertemplate: 'layer %{y}, head %{x}: %{z:.3f}<extra></extra>'};
-    if (zmid !== undefined) trace.zmid = zmid;
-    Plotly.react(id, [trace], {title: {text: title}, height: 420,
-      xaxis: {title: 'head', dtick: 1}, yaxis: {title: 'layer'},
-      margin: {l: 60, r: 10, t: 40, b: 50}}, CFG);
+    Plotly.react(id, [trace], {template: D.template, title: {text: title}, height: 420,
+      xaxis: {title: {text: 'head'}, dtick: 1}, yaxis: {title: {text: 'layer'}}}, CFG);
   }
   function showHeads() {
     const arm = armSel.value, budget = budgetSel.value;
@@ -35,10 +33,10 @@
     Plotly.react('allocation-heatmap', [{type: 'heatmap', z: grid.z, y: grid.rows,
       colorscale: 'Viridis',
       hovertemplate: '%{y}, position bin %{x}: %{z:.3f}<extra></extra>'}],
-      {title: {text: 'allocated fraction · ' + arm + ' at budget ' + budget},
+      {template: D.template, title: {text: 'allocated fraction · ' + arm + ' at budget ' + budget},
        height: Math.max(420, 12 * grid.rows.length),
-       xaxis: {title: 'bin of log(keys seen)', dtick: 1}, yaxis: {title: 'layer.head'},
-       margin: {l: 70, r: 10, t: 40, b: 50}}, CFG);
+       xaxis: {title: {text: 'bin of log(keys seen)'}, dtick: 1},
+       yaxis: {title: {text: 'layer.head'}}, margin: {l: 70}}, CFG);
   }
   armSel.addEventListener('change', showHeads);
   budgetSel.addEventListener('change', () => { showHeads(); showAllocation(); });
