@@ -130,8 +130,9 @@ def compare_command(argv: Sequence[str], prog: str = "spectra compare") -> int:
 
 BUDGET_HELP = (
     "Phase 2: can ‖q‖ set each query's key budget better than its head and position, at matched "
-    "mean budgets? With no arguments: SmolLM2-135M on the CPU over the bundled books, fitted on "
-    "half the documents and evaluated on the other half."
+    "mean budgets? With no arguments: SmolLM2-135M on the CPU over the bundled books and the "
+    "pinned standard-library modules, allocated on half the documents and evaluated on the other "
+    "half."
 )
 
 

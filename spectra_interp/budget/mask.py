@@ -84,6 +84,37 @@ def mass_counts(
 Reducer = Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]
 
 
+@dataclass(frozen=True)
+class QueryBlock:
+    """What a probe sees of one block of queries in one layer (fp32, keys repeated per query
+    head): the capped scores, the attention over the kept keys, the masks and the layer's keys
+    and values (every key of the window, for probes that need the whole layer)."""
+
+    layer: int
+    rows: slice
+    positions: Int[Tensor, " q"]
+    visible: Int[Tensor, " q"]
+    scores: Float[Tensor, "b h q key"]
+    probs: Float[Tensor, "b h q key"]
+    allowed: Bool[Tensor, "b h q key"]
+    always: Bool[Tensor, "b h q key"]
+    query: Float[Tensor, "b h q d"]
+    keys: Float[Tensor, "b h s d"]
+    values: Float[Tensor, "b h s e"]
+    scale: float
+    softcap: float | None
+
+
+class Probe:
+    """Extra per-query quantities read from each block (`QueryBlock` -> name -> [b, h, q, ...]),
+    concatenated over blocks; the names in `summed` are summed over blocks instead."""
+
+    summed: frozenset[str] = frozenset()
+
+    def __call__(self, block: QueryBlock) -> dict[str, Tensor]:
+        raise NotImplementedError
+
+
 @dataclass
 class Pass:
     """One forward pass: what each query keeps, and what is gathered per layer (on the CPU)."""
@@ -98,6 +129,8 @@ class Pass:
     always_first: bool = True  # count the always-kept keys first (the oracle) or not (k_p)
     reducer: Reducer | None = None  # keep a summary of the counts, not the counts per query
     keep_masks: bool = False
+    probe: Probe | None = None
+    probed: dict[int, dict[str, Tensor]] = field(default_factory=dict)
     qnorm: dict[int, Tensor] = field(default_factory=dict)
     kept: dict[int, Tensor] = field(default_factory=dict)
     union: dict[int, Tensor] = field(default_factory=dict)
@@ -108,6 +141,10 @@ class Pass:
         """A gathered quantity stacked over layers: [b, layer, ...]."""
         per_layer = getattr(self, name)
         return torch.stack([per_layer[layer] for layer in range(self.spec.n_layers)], dim=1)
+
+    def probed_stack(self, name: str) -> Tensor:
+        """A probe's quantity stacked over layers: [b, layer, ...]."""
+        return torch.stack([self.probed[layer][name] for layer in range(self.spec.n_layers)], 1)
 
 
 def new_pass(model: Any, sink: int, local: int, **kwargs: Any) -> Pass:
@@ -164,6 +201,7 @@ def budget_attention(
     out = torch.empty(*query.shape[:-1], v.shape[-1], dtype=query.dtype, device=query.device)
     qnorm = torch.linalg.vector_norm(query.float(), dim=-1)
     gathered: dict[str, list[Tensor]] = {name: [] for name in ("kept", "union", "by_mass", "masks")}
+    probed: dict[str, list[Tensor]] = {}
     for i0 in range(0, n_q, QUERY_BLOCK):
         i1 = min(i0 + QUERY_BLOCK, n_q)
         keys = i1 + offset
@@ -189,9 +227,23 @@ def budget_attention(
             else:
                 reduced = run.reducer(counts, positions, visible, qnorm[:, :, i0:i1])
                 gathered["by_mass"].append(reduced.cpu())
+        if run.probe is not None:
+            view = QueryBlock(
+                layer, slice(i0, i1), positions, visible, s, p, allowed.expand_as(s),
+                always.expand_as(s), query[:, :, i0:i1].float(), k.float(), v.float(), scale,
+                softcap,
+            )  # fmt: skip
+            for name, value in run.probe(view).items():
+                probed.setdefault(name, []).append(value.cpu())
         if run.keep_masks:
             gathered["masks"].append(torch.nn.functional.pad(keep, (0, n_k - keys)).cpu())
     run.qnorm[layer] = qnorm.cpu()
+    if run.probe is not None:
+        summed = run.probe.summed
+        run.probed[layer] = {
+            name: sum(blocks) if name in summed else torch.cat(blocks, dim=2)
+            for name, blocks in probed.items()
+        }
     for name, blocks in gathered.items():
         if blocks:
             reduced = name == "by_mass" and run.reducer is not None

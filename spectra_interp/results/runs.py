@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 from jaxtyping import Bool, Float
 
-from spectra_interp.budget.arms import PROPOSAL, RIVAL
+from spectra_interp.budget.verdict import BudgetVerdict, Summary
 from spectra_interp.errors import SpectraError
 from spectra_interp.results.layout import (
     BUDGET_SCHEMA_VERSION,
@@ -33,8 +33,6 @@ from spectra_interp.stats.criteria import Criteria
 # H); such heads are left out of every share and figure of a comparison when it is present.
 DEGENERATE = "degenerate"
 PHASE2 = 2
-# The Phase 2 comparison each budget's verdict is read from (summary.json "comparisons").
-PHASE2_TEST = f"{PROPOSAL}_vs_{RIVAL}"
 
 
 @dataclass(frozen=True)
@@ -145,27 +143,17 @@ class SweepRun:
 
 
 @dataclass(frozen=True)
-class BudgetVerdict:
-    """Phase 2 at one budget: does the ‖q‖ rule beat head and position (lower KL, one-sided)?"""
-
-    budget: float
-    beats: bool
-    kl_diff: float | None
-    p_one_sided: float | None
-
-
-@dataclass(frozen=True)
 class BudgetRun:
-    """A finished Phase 2 folder: its records and the verdict per budget."""
+    """A finished Phase 2 folder: its records and its typed summary (the verdict per budget)."""
 
     path: Path
     config: dict[str, Any]
-    summary: dict[str, Any]
+    summary: Summary
     curves: pd.DataFrame
 
     @property
     def run(self) -> dict[str, Any]:
-        return self.summary.get("run", {})
+        return self.summary.run
 
     @property
     def model(self) -> str:
@@ -177,16 +165,9 @@ class BudgetRun:
 
     @property
     def verdicts(self) -> list[BudgetVerdict]:
-        """One verdict per budget, in the summary's order."""
-        return [
-            BudgetVerdict(
-                budget=float(c["budget"]),
-                beats=bool(c[PHASE2_TEST]["beats"]),
-                kl_diff=c[PHASE2_TEST].get("kl_diff"),
-                p_one_sided=c[PHASE2_TEST].get("p_one_sided"),
-            )
-            for c in self.summary.get("comparisons", [])
-        ]
+        """One verdict per budget (call, KL ratio qnorm / head_position and its interval), in the
+        summary's order."""
+        return self.summary.budgets
 
 
 Run = SweepRun | BudgetRun
@@ -254,7 +235,10 @@ def load_budget_run(folder: str | Path) -> BudgetRun:
     config, summary = _records(layout, "Phase 2", BUDGET_SCHEMA_VERSION)
     _require(layout, (layout.CURVES,), "Phase 2")
     return BudgetRun(
-        path=layout.root, config=config, summary=summary, curves=pd.read_csv(layout.curves)
+        path=layout.root,
+        config=config,
+        summary=Summary.from_json(summary),
+        curves=pd.read_csv(layout.curves),
     )
 
 

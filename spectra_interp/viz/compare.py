@@ -25,6 +25,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.colors import hex_to_rgb, qualitative
 
+from spectra_interp.budget.verdict import Interval
 from spectra_interp.errors import SpectraError
 from spectra_interp.results.runs import BudgetRun, SweepRun, load_run
 from spectra_interp.results.store import write_text
@@ -171,7 +172,12 @@ COLUMNS = (
         f"share of heads whose {CI_LEVEL:.0%} cluster-bootstrap interval of delta_r2 excludes 0",
         _pct,
     ),  # fmt: skip
-    Column("phase2", "Phase 2 verdict per budget", "does the qnorm arm beat head_position?"),
+    Column(
+        "phase2",
+        "Phase 2 verdict per budget",
+        "the call on KL qnorm / KL head_position (helps, hurts, no useful effect, undecided), "
+        "with the ratio and its document-bootstrap interval",
+    ),
 )
 # Settings whose differences between runs change what the numbers mean: highlighted.
 DIFFERENCES = {
@@ -183,18 +189,21 @@ DIFFERENCES = {
 
 
 def phase2_text(runs: list[BudgetRun], ctx: int | None = None) -> str:
-    """Each budget's verdict: "0.2: beats (ΔKL -1.2e-03, p 0.004)", per Phase 2 run."""
+    """Each budget's call with its KL ratio qnorm / head_position and interval:
+    "0.2: no useful effect (KL ratio 0.982 [0.931, 1.04])", per Phase 2 run."""
     parts = []
     for b in runs:
-        cells = [
-            f"{v.budget:g}: {'beats' if v.beats else 'does not beat'} (ΔKL "
-            f"{'—' if v.kl_diff is None else format(v.kl_diff, '+.2e')}, p "
-            f"{'—' if v.p_one_sided is None else format(v.p_one_sided, '.3g')})"
-            for v in b.verdicts
-        ]
+        cells = [f"{v.budget:g}: {v.call} (KL ratio {_ratio(v.ratio)})" for v in b.verdicts]
         where = "" if ctx == b.ctx else f" [Phase 2 at ctx {b.ctx}]"
         parts.append("; ".join(cells) + where)
     return " · ".join(parts) or "—"
+
+
+def _ratio(r: Interval) -> str:
+    def f(v: float | None) -> str:
+        return "—" if v is None else format(v, ".3g")
+
+    return f"{f(r.point)} [{f(r.low)}, {f(r.high)}]"
 
 
 def sweep_row(c: Compared) -> dict[str, Any]:

@@ -130,10 +130,11 @@ def test_the_table_is_each_folders_summary(folders):
         assert row["q_source"].startswith(config["q_source"]["method"])
     # Phase 2 sits on the row of the same model and ctx, one verdict per budget
     phase2 = _summary(folders["phase2"])
-    budgets = [f"{c['budget']:g}: " for c in phase2["comparisons"]]
+    budgets = [f"{b['budget']:g}: " for b in phase2["budgets"]]
     assert len(budgets) == 2 and all(b in page.rows[0]["phase2"] for b in budgets)
-    beats = phase2["comparisons"][0]["qnorm_vs_head_position"]["beats"]
-    assert f"{budgets[0]}{'beats' if beats else 'does not beat'}" in page.rows[0]["phase2"]
+    first = phase2["budgets"][0]
+    assert f"{budgets[0]}{first['call']} (KL ratio " in page.rows[0]["phase2"]
+    assert format(first["ratio"]["point"], ".3g") in page.rows[0]["phase2"]
     assert page.rows[1]["phase2"] == "—" and page.rows[2]["phase2"] == "—"
 
 
@@ -219,6 +220,15 @@ def test_refusals_name_the_folder(folders, tmp_path):
         SpectraError, match=f"^{re.escape(str(old))} holds a sweep folder of schema 1"
     ):
         load_run(old)
+    old_phase2 = tmp_path / "old-phase2"
+    shutil.copytree(folders["phase2"], old_phase2)
+    config = json.loads((old_phase2 / "config.json").read_text())
+    config["schema_version"] = 1
+    (old_phase2 / "config.json").write_text(json.dumps(config))
+    with pytest.raises(
+        SpectraError, match=f"^{re.escape(str(old_phase2))} holds a Phase 2 folder of schema 1"
+    ):
+        load_run(old_phase2)
     with pytest.raises(SpectraError, match="is a Phase 2 folder, not a sweep folder"):
         load_sweep(folders["phase2"])
     with pytest.raises(SpectraError, match="is not a Spectra results folder"):
