@@ -84,12 +84,17 @@ AttentionFunction = Callable[..., tuple[Tensor, None]]
 class CustomAttention(Generic[State]):
     """A named attention function and the state it reads during one forward (`active`).
 
+    `mask` names transformers' mask builder the function receives masks from ("sdpa": boolean
+    masks, None for plain causal attention; "eager": additive float masks).
     Raises RuntimeError when the function is called outside `active` (no state)."""
 
-    def __init__(self, name: str, function: AttentionFunction, owner: str) -> None:
+    def __init__(
+        self, name: str, function: AttentionFunction, owner: str, mask: str = "sdpa"
+    ) -> None:
         self.name = name
         self.function = function
         self.owner = owner
+        self.mask = mask
         self._state: contextvars.ContextVar[State | None] = contextvars.ContextVar(
             name, default=None
         )
@@ -114,12 +119,13 @@ class CustomAttention(Generic[State]):
 
     def register(self) -> None:
         """Make the name an attention implementation transformers can dispatch to, with the
-        boolean masks SDPA uses (None for plain causal attention)."""
+        masks of the builder `self.mask`."""
         from transformers import AttentionInterface
-        from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+        from transformers.masking_utils import AttentionMaskInterface, eager_mask, sdpa_mask
 
         AttentionInterface.register(self.name, self)
-        AttentionMaskInterface.register(self.name, sdpa_mask)
+        builders = {"sdpa": sdpa_mask, "eager": eager_mask}
+        AttentionMaskInterface.register(self.name, builders[self.mask])
 
     @contextlib.contextmanager
     def active(self, bridge: Any, state: State) -> Iterator[nn.Module]:

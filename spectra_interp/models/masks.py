@@ -21,7 +21,6 @@ positions only, not on the hidden states, so the forward costs the projections a
 from __future__ import annotations
 
 import contextlib
-import contextvars
 from collections.abc import Iterator
 from typing import Any
 
@@ -31,14 +30,11 @@ from torch import Tensor, nn
 
 from spectra_interp.errors import SpectraError
 from spectra_interp.models.architecture import WINDOW_FIELD, AttentionSpec, check_window_value
+from spectra_interp.models.attention import CustomAttention
 
 PROBE = "spectra_mask_probe"
 # transformers' mask builders, by the attention implementation whose masks they make.
 MASK_KINDS = ("eager", "sdpa")
-
-_SEEN: contextvars.ContextVar[dict[int, Tensor | None] | None] = contextvars.ContextVar(
-    PROBE, default=None
-)
 
 
 def expected_allowed(n_pos: int, window: int | None) -> Bool[Tensor, "q k"]:
@@ -61,6 +57,7 @@ def applied_allowed(mask: Tensor | None, kind: str, n_q: int, n_k: int) -> Tenso
 
 
 def _probe_forward(
+    seen: dict[int, Tensor | None],
     module: nn.Module,
     query: Tensor,
     key: Tensor,
@@ -69,31 +66,16 @@ def _probe_forward(
     *args: Any,
     **kwargs: Any,
 ) -> tuple[Tensor, None]:
-    seen = _SEEN.get()
-    if seen is None:
-        raise RuntimeError(f"{PROBE} attention ran outside spectra_interp.models.masks.")
+    """Record the mask this layer receives; return zeros (the output is never used)."""
     seen[id(module)] = None if attention_mask is None else attention_mask.detach()
     b, _, t, _ = query.shape
     return query.new_zeros(b, t, query.shape[1], value.shape[-1]), None
 
 
-@contextlib.contextmanager
-def _probing(hf_model: nn.Module, kind: str) -> Iterator[dict[int, Tensor | None]]:
-    from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface, eager_mask, sdpa_mask
-
-    AttentionInterface.register(PROBE, _probe_forward)
-    AttentionMaskInterface.register(PROBE, eager_mask if kind == "eager" else sdpa_mask)
-    config = hf_model.config
-    previous = config._attn_implementation
-    seen: dict[int, Tensor | None] = {}
-    token = _SEEN.set(seen)
-    config._attn_implementation = PROBE
-    try:
-        yield seen
-    finally:
-        config._attn_implementation = previous
-        _SEEN.reset(token)
+PROBES = {
+    kind: CustomAttention(f"{PROBE}_{kind}", _probe_forward, "spectra_interp.models.masks", kind)
+    for kind in MASK_KINDS
+}
 
 
 class _Skipped(nn.Module):
@@ -126,10 +108,9 @@ def applied_masks(model: Any, tokens: Tensor, kind: str) -> list[Tensor | None]:
     """The mask each layer's attention function receives (layer order) in one forward of
     `tokens` ([1, pos]) with transformers' `kind` mask builder (`MASK_KINDS`). Attention returns
     zeros and dense MLPs are skipped, so the forward costs the projections alone."""
-    from spectra_interp.extract.fused import unbridged
-
     modules = [block.attn.original_component for block in model.blocks]
-    with unbridged(model) as hf_model, _probing(hf_model, kind) as seen, _without_mlps(hf_model):
+    seen: dict[int, Tensor | None] = {}
+    with PROBES[kind].active(model, seen) as hf_model, _without_mlps(hf_model):
         hf_model.base_model(input_ids=tokens.to(model.cfg.device), use_cache=False)
     return [seen.get(id(m)) for m in modules]
 
