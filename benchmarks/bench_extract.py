@@ -6,7 +6,11 @@ Configurations (the same weights, the same tokens, every forward stopped before 
 - eager:  the same with eager attention (a second reference: it materialises every pattern);
 - fused:  `extract(model, tokens)`, the default method (‖q‖ and H for every token);
 - stream: TransformerLens hooks reducing hook_q and hook_pattern on the fly;
-- cache:  run_with_cache over groups of --layers-per-pass layers.
+- cache:  run_with_cache over groups of --layers-per-pass layers;
+- sweep:  the whole default sweep (`spectra sweep`, every default statistic, the trained pass
+          only), per window: the difference of the wall times of sweeps of --sweep-windows
+          (e.g. 2 and 6) windows, divided by the difference of their window counts, so loading,
+          start-up and the final statistics cancel. Each sweep is its own process (no peak).
 
 Times are medians of --repeats rounds after a warm-up, the configurations interleaved inside each
 round, so a shared, noisy machine slows them alike. Peak memory: on the CPU the process's peak
@@ -16,6 +20,7 @@ torch.cuda.max_memory_allocated.
     python benchmarks/bench_extract.py                                # SmolLM2, fp32, CPU
     python benchmarks/bench_extract.py --device cuda --model random:llama-3-8b --dtype float16 \\
         --ctx 4096 --configs sdpa,fused,stream
+    python benchmarks/bench_extract.py --ctx 1536,4096 --configs sdpa,fused,sweep --no-memory
 """
 
 from __future__ import annotations
@@ -32,7 +37,8 @@ import sys
 import time
 from pathlib import Path
 
-CONFIGS = ("sdpa", "eager", "fused", "stream", "cache")
+CONFIGS = ("sdpa", "eager", "fused", "stream", "cache", "sweep")
+IN_PROCESS = CONFIGS[:-1]
 FLOOR = "sdpa"
 RESULTS = Path(__file__).with_name("RESULTS.md")
 
@@ -41,11 +47,12 @@ def runners(model, tokens, layers_per_pass: int) -> dict:
     """One zero-argument callable per configuration."""
     import torch
 
-    from spectra_interp.extract import extract, fused
+    from spectra_interp.extract import extract
+    from spectra_interp.models.attention import attention_implementation, unbridged
 
     def plain(implementation: str):
         def run() -> None:
-            with fused.unbridged(model) as hf, fused.attention_implementation(hf, implementation):
+            with unbridged(model) as hf, attention_implementation(hf, implementation):
                 with torch.inference_mode():
                     hf.base_model(input_ids=tokens, use_cache=False)
 
@@ -58,6 +65,32 @@ def runners(model, tokens, layers_per_pass: int) -> dict:
         "stream": lambda: extract(model, tokens, method="stream"),
         "cache": lambda: extract(model, tokens, method="cache", layers_per_pass=layers_per_pass),
     }
+
+
+def sweep_seconds(args: argparse.Namespace, ctx: int, n_windows: int, out: Path) -> float:
+    """Wall time of one `spectra sweep` of n_windows windows (trained pass, default statistics)."""
+    cmd = [sys.executable, "-m", "spectra_interp.cli", "sweep",
+           "--model", args.sweep_model or args.model,
+           "--device", args.device, "--dtype", args.dtype, "--ctx", str(ctx),
+           "--max-windows", str(n_windows), "--controls", "randomization,position",
+           "--out", str(out), "--overwrite", "--no-report", "--no-progress"]  # fmt: skip
+    start = time.perf_counter()
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    if done.returncode != 0:
+        raise RuntimeError(f"sweep failed: {done.stderr.strip()[-2000:]}")
+    return seconds
+
+
+def sweep_per_window(args: argparse.Namespace, ctx: int) -> float:
+    """Marginal seconds per window of the default sweep: (t(n2) - t(n1)) / (n2 - n1)."""
+    import tempfile
+
+    n1, n2 = args.sweep_windows
+    with tempfile.TemporaryDirectory() as tmp:
+        t1 = sweep_seconds(args, ctx, n1, Path(tmp) / "small")
+        t2 = sweep_seconds(args, ctx, n2, Path(tmp) / "large")
+    return (t2 - t1) / (n2 - n1)
 
 
 def load(args: argparse.Namespace, ctx: int):
@@ -82,12 +115,16 @@ def time_side_by_side(args: argparse.Namespace, ctx: int) -> dict[str, list[floa
     """Interleaved rounds of every configuration in this process."""
     model, tokens = load(args, ctx)
     run = runners(model, tokens, args.layers_per_pass)
-    for name in args.configs:
+    in_process = [name for name in args.configs if name in IN_PROCESS]
+    for name in in_process:
         run[name]()
         synchronize(args.device)
     times: dict[str, list[float]] = {name: [] for name in args.configs}
     for _ in range(args.repeats):
         for name in args.configs:
+            if name == "sweep":
+                times[name].append(sweep_per_window(args, ctx))
+                continue
             start = time.perf_counter()
             run[name]()
             synchronize(args.device)
@@ -145,7 +182,7 @@ def table(args: argparse.Namespace, rows: dict[int, dict]) -> str:
             if isinstance(peak, float) and isinstance(peak_floor, float):
                 peak_text, m_ratio = f"{peak:.2f}", f"{peak / peak_floor:.2f}"
             else:
-                peak_text, m_ratio = str(peak), "n/a"
+                peak_text, m_ratio = str(peak or "n/a"), "n/a"
             lines.append(
                 f"| {ctx} | {name} | {t:.3f} | {t_ratio} | {peak_text} | {m_ratio} | "
                 f"{ctx / t:,.0f} |"
@@ -166,7 +203,9 @@ def header(args: argparse.Namespace) -> str:
         f"{datetime.date.today()} · {cpu}, {os.cpu_count()} CPUs, {torch.get_num_threads()} "
         f"torch threads · torch {torch.__version__}, transformers {transformers.__version__} · "
         f"time: median of {args.repeats} interleaved rounds after a warm-up, all configurations "
-        "in one process; memory: each configuration in its own process\n\n"
+        "in one process (sweep: seconds per window, the marginal cost between sweeps of "
+        f"{' and '.join(map(str, args.sweep_windows))} windows, each its own process); memory: "
+        "each configuration in its own process\n\n"
         f"Command: `python benchmarks/bench_extract.py {' '.join(sys.argv[1:])}`\n"
     )
 
@@ -193,6 +232,14 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--layers-per-pass", type=int, default=4)
     p.add_argument("--no-memory", action="store_true", help="skip the per-process memory runs")
+    p.add_argument(
+        "--sweep-windows", default="2,6", help="the two window counts of the sweep configuration"
+    )
+    p.add_argument(
+        "--sweep-model",
+        help="the sweep's model where --model has no tokenizer offline (the same architecture "
+        "and seed, e.g. random:<architecture folder with a tokenizer>)",
+    )
     p.add_argument("--no-write", action="store_true", help="print only, leave RESULTS.md")
     p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -202,6 +249,7 @@ def main() -> None:
         print(json.dumps(peak_memory(args)))
         return
     args.configs = args.configs.split(",")
+    args.sweep_windows = tuple(int(n) for n in args.sweep_windows.split(","))
     unknown = set(args.configs) - set(CONFIGS)
     if unknown:
         p.error(f"unknown configurations {sorted(unknown)}; choose from {CONFIGS}")
@@ -209,7 +257,7 @@ def main() -> None:
     for ctx in [int(c) for c in args.ctx.split(",")]:
         rows[ctx] = {"times": time_side_by_side(args, ctx), "peaks": {}}
         if not args.no_memory:
-            for name in args.configs:
+            for name in [c for c in args.configs if c in IN_PROCESS]:
                 rows[ctx]["peaks"][name] = memory_in_child(args, name, ctx)
                 print(json.dumps({"ctx": ctx, name: rows[ctx]["peaks"][name]}), flush=True)
     text = header(args) + "\n" + table(args, rows) + "\n"

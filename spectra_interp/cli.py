@@ -126,10 +126,28 @@ def visualize_command(argv: Sequence[str], prog: str = "spectra visualize") -> i
     return 0
 
 
+def compare_command(argv: Sequence[str], prog: str = "spectra compare") -> int:
+    parser = settings.Parser(
+        prog=prog,
+        description="Put finished results folders side by side in one self-contained page "
+        "(sweeps, and Phase 2 folders shown with the sweep of their model); no model is loaded.",
+    )
+    parser.add_argument(
+        "results_dirs", nargs="+", metavar="RESULTS_DIR", help="a finished sweep or Phase 2 folder"
+    )
+    parser.add_argument("--out", default="compare.html", help="the page to write")
+    args = parser.parse_args(list(argv))
+    from spectra_interp.viz.compare import build_compare
+
+    print(f"Comparison: {build_compare(args.results_dirs, args.out)}")
+    return 0
+
+
 BUDGET_HELP = (
     "Phase 2: can ‖q‖ set each query's key budget better than its head and position, at matched "
-    "mean budgets? With no arguments: SmolLM2-135M on the CPU over the bundled books, fitted on "
-    "half the documents and evaluated on the other half."
+    "mean budgets? With no arguments: SmolLM2-135M on the CPU over the bundled books and the "
+    "pinned standard-library modules, allocated on half the documents and evaluated on the other "
+    "half."
 )
 
 
@@ -168,6 +186,7 @@ COMMANDS: dict[str, Command] = {
     "budget": Command(
         budget_command, "Phase 2: ‖q‖ as each query's key budget against head and position"
     ),
+    "compare": Command(compare_command, "put several results folders side by side"),
     "doctor": Command(doctor_command, "check this machine: torch, CUDA, models, hub, token"),
 }
 

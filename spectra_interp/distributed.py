@@ -21,6 +21,16 @@ import torch.distributed as torch_dist
 from spectra_interp.atomic import write_bytes_atomic
 
 BARRIER_TIMEOUT_MIN = int(os.environ.get("SPECTRA_DIST_TIMEOUT_MIN", "60"))
+# The most any head's pearson_r may differ between runs that differ only in their process or
+# thread count (torchrun sets OMP_NUM_THREADS=1 per rank). A window is always computed in the same
+# batch, so only a float32 kernel that splits a reduction by thread count (a matmul's blocking,
+# an attention kernel's split of the keys) can move its numbers, by a few ulps per ‖q‖ and H
+# (relative 1e-7 to 1e-6); r then moves by about that change over the values' relative spread
+# (2e-6 / 0.034, SmolLM2's smallest ‖q‖ spread, is 6e-5 at worst, far less on average over
+# thousands of tokens). Measured: 0 with the fused kernel of commit 48bd160 (1 to 16 threads,
+# 1 or 2 processes); 7.4e-6 reported by issue 23 on another kernel. README: "Several GPUs or
+# processes".
+PROCESS_R_BOUND = 2e-5
 
 
 @dataclass

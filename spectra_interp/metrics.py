@@ -65,11 +65,47 @@ def capped(logits: Tensor, softcap: float | None) -> Tensor:
 MASS_SLACK = 1e-6
 
 
+# k_eff reads the top weights of a row by `torch.topk` over these prefix lengths before it sorts
+# the whole row: most rows reach the mass within the first few keys.
+KEFF_PREFIXES = (32, 256)
+
+
 def keys_for_mass(p: Float[Tensor, "... key"], mass: float) -> Int[Tensor, "..."]:
     """k_eff: the fewest keys whose weights sum to at least `mass` (weights sorted, largest first).
-    Weights of keys a query cannot see are 0 and never counted."""
-    top = torch.sort(p, dim=-1, descending=True).values.cumsum(-1)
-    return (top < mass - MASS_SLACK).sum(-1) + 1
+    Weights of keys a query cannot see are 0 and never counted.
+
+    The largest weights come from `torch.topk` over a bounded prefix, widened (and at last a full
+    sort) only for the rows whose prefix falls short of the mass: the same sorted values and the
+    same cumulative sums as a full sort, without sorting every row."""
+    goal = mass - MASS_SLACK
+    n = p.shape[-1]
+    flat = p.reshape(-1, n)
+    counts = torch.empty(flat.shape[0], dtype=torch.int64, device=p.device)
+    todo = torch.arange(flat.shape[0], device=p.device)
+    for prefix in (*[c for c in KEFF_PREFIXES if c < n], n):
+        rows = flat if todo.numel() == flat.shape[0] else flat[todo]
+        top = torch.topk(rows, prefix, dim=-1, sorted=True).values.cumsum(-1)
+        reached = (top[:, -1] >= goal) if prefix < n else torch.ones_like(todo, dtype=torch.bool)
+        counts[todo[reached]] = (top[reached] < goal).sum(-1) + 1
+        todo = todo[~reached]
+        if todo.numel() == 0:
+            break
+    return counts.reshape(p.shape[:-1])
+
+
+# Added to the logits of keys a query cannot see: finite, so that exp gives exactly 0 and 0 times
+# the shifted logit stays 0 (no -inf, no NaN), and far below any logit.
+HIDDEN = -1e30
+
+
+def _weights_and_entropy(s: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """From logits s (hidden keys at HIDDEN): t = s - max s <= 0, the unnormalised weights
+    e = exp(t) (exactly 0 where hidden), Z = sum e >= 1 and H = log Z - E_p[t], a sum of two
+    non-negative terms (no cancellation)."""
+    t = s - s.amax(-1, keepdim=True)
+    e = t.exp()
+    z = e.sum(-1)
+    return t, e, z, torch.log(z) - (e * t).sum(-1) / z
 
 
 def query_extras(
@@ -83,28 +119,32 @@ def query_extras(
     """Span and temperature statistics of sampled queries from their pre-cap logits
     (scale · q·k), all in fp32:
 
-    - `max_attn`: the largest attention weight; `k_eff`: `keys_for_mass(p, mass)`;
+    - `max_attn`: the largest attention weight (1/Z of the shifted logits); `k_eff`:
+      `keys_for_mass(p, mass)`;
     - `scaled_entropy` [..., scale]: H of softmax(cap(alpha · logits)) for each alpha: the query
       scaled by alpha (the cap, where there is one, applied after the scaling, as it is in the
-      model);
+      model), as log Z - E_p[t] of the logits t shifted to a maximum of 0;
     - `gain`: dH/dlog(alpha) at alpha = 1, i.e. -Cov_p(s, ds/dlog alpha) with s the capped
       logits (= -Var_p(s) without a cap).
     """
     z = logits.float()
-    hidden = ~allowed
+    hidden = torch.zeros(allowed.shape, dtype=z.dtype, device=z.device).masked_fill_(
+        ~allowed, HIDDEN
+    )
 
-    def entropy_of(s: Tensor) -> Tensor:
-        return torch.special.entr(torch.softmax(s.masked_fill(hidden, float("-inf")), -1)).sum(-1)
+    def at(alpha: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        return _weights_and_entropy(capped(alpha * z, softcap) + hidden)
 
-    scaled = torch.stack([entropy_of(capped(alpha * z, softcap)) for alpha in scales], dim=-1)
-    s = capped(z, softcap).masked_fill(hidden, 0.0)
-    p = torch.softmax(s.masked_fill(hidden, float("-inf")), dim=-1)
-    ds = z.masked_fill(hidden, 0.0) * (1 - torch.tanh(z / softcap) ** 2) if softcap else s
+    s, e, total, entropy = at(1.0)
+    scaled = [entropy if alpha == 1.0 else at(alpha)[3] for alpha in scales]
+    p, max_attn = e / total[..., None], 1.0 / total
+    ds = z * (1 - torch.tanh(z / softcap) ** 2) if softcap else s
     mean_s, mean_ds = (p * s).sum(-1, keepdim=True), (p * ds).sum(-1, keepdim=True)
+    # p first: hidden keys have p = 0 exactly, so their huge shifted logits contribute 0
     gain = -(p * (s - mean_s) * (ds - mean_ds)).sum(-1)
     return {
-        "max_attn": p.max(dim=-1).values,
+        "max_attn": max_attn,
         "k_eff": keys_for_mass(p, mass),
-        "scaled_entropy": scaled,
+        "scaled_entropy": torch.stack(scaled, dim=-1),
         "gain": gain,
     }

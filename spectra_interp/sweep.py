@@ -26,6 +26,7 @@ from spectra_interp.runner import Log, Run, Stage, release_memory, run_experimen
 from spectra_interp.runner.windows import stored_or_built
 from spectra_interp.stats.beyond import alpha_response
 from spectra_interp.stats.clusters import Clusters
+from spectra_interp.stats.degenerate import control_usability, degenerate_reasons
 from spectra_interp.stats.moments import N_MOMENTS, Moments
 from spectra_interp.stats.sample import sample_positions, token_sample
 from spectra_interp.stats.table import head_table
@@ -213,7 +214,8 @@ class Sweep:
         assert windows is not None, "prepare() reads the windows before the stages"
         for stage, source, seed in model_stages(config):
             device_map = config.device_map if stage == TRAINED else None
-            model = run.load_model(source, seed, device_map)
+            random_norms = stage == RANDOM_INIT and config.random_init_norms
+            model = run.load_model(source, seed, windows, device_map, random_norms)
             if stage == TRAINED and run.main:
                 store.write_json(self.layout.config, self.record(run, model))
 
@@ -248,6 +250,7 @@ def finalize(
     if "random-init" in config.controls:
         random_init = load_shards(layout, RANDOM_INIT, window_ids)
     clusters = Clusters.of(meta)
+    flagged = degenerate_heads(layout, trained, random_init)
     table = head_table(
         trained.stats,
         trained.frame,
@@ -257,6 +260,8 @@ def finalize(
         n_boot=config.n_boot,
         seed=config.seed,
         criteria=config.criteria,
+        degenerate=flagged.trained,
+        random_init_degenerate=flagged.random_init,
     )
     facts = RunFacts(
         model=config.model,
@@ -271,7 +276,7 @@ def finalize(
         seed=config.seed,
         timings=timings,
     )
-    summary = verdict(table, config.criteria, run=facts)
+    summary = verdict(table, config.criteria, run=facts, control=flagged.control)
     store.write_csv(layout.head_stats, table)
     store.write_csv(layout.alpha_response, alpha_response(trained.arrays, config.q_scales))
     frames = [trained.frame] + ([] if random_init is None else [random_init.frame])
@@ -279,6 +284,25 @@ def finalize(
     log(summary.text())
     log(strongest_heads(table).to_string(index=False))
     return summary
+
+
+@dataclass(frozen=True)
+class Flagged:
+    """Degenerate heads of both models ([layer, head] reasons) and the control's usability."""
+
+    trained: np.ndarray
+    random_init: np.ndarray | None
+    control: dict | None
+
+
+def degenerate_heads(layout: SweepLayout, trained: Any, random_init: Any) -> Flagged:
+    """`stats.degenerate` on each model's token sample, at the dtype the run used."""
+    dtype = store.read_json(layout.config).get("environment", {}).get("dtype", "float32")
+    reasons = degenerate_reasons(trained.arrays.qnorm, trained.arrays.entropy, dtype)
+    if random_init is None:
+        return Flagged(reasons, None, None)
+    control = degenerate_reasons(random_init.arrays.qnorm, random_init.arrays.entropy, dtype)
+    return Flagged(reasons, control, control_usability(random_init.arrays.qnorm, dtype))
 
 
 def strongest_heads(table: pd.DataFrame, n: int = STRONGEST_SHOWN) -> pd.DataFrame:

@@ -60,8 +60,42 @@ def build_config(name: str) -> Any:
     return getattr(transformers, cls)(**kwargs)
 
 
-def save_tiny_model(name: str, folder, seed: int = 0):
-    """Write the tiny random model `name` as a Hugging Face folder; return the folder."""
+def scale_queries_and_keys(model: Any, factor: float) -> None:
+    """Multiply each layer's query and key by `factor` (the scores by factor²): the q and k
+    projections, or the norm weights of a QK-norm model, in place."""
+    import torch
+
+    config = model.config
+    layers = getattr(model.base_model, "layers", None) or model.base_model.h
+    with torch.no_grad():
+        for layer in layers:
+            attn = next(
+                getattr(layer, n) for n in ("self_attn", "attn", "attention") if hasattr(layer, n)
+            )
+            if hasattr(attn, "q_norm"):
+                attn.q_norm.weight.mul_(factor)
+                attn.k_norm.weight.mul_(factor)
+            elif hasattr(attn, "q_proj"):
+                for proj in (attn.q_proj, attn.k_proj):
+                    for p in proj.parameters():
+                        p.mul_(factor)
+            elif hasattr(attn, "qkv_proj"):  # phi3: rows [q | k | v]
+                q_and_k = (config.num_attention_heads + config.num_key_value_heads) * attn.head_dim
+                attn.qkv_proj.weight[:q_and_k].mul_(factor)
+            elif hasattr(attn, "c_attn"):  # gpt2: Conv1D columns [q | k | v]
+                attn.c_attn.weight[:, : 2 * config.n_embd].mul_(factor)
+                attn.c_attn.bias[: 2 * config.n_embd].mul_(factor)
+            else:  # gpt_neox: rows interleave [q | k | v] per head
+                heads = config.num_attention_heads
+                weight = attn.query_key_value.weight.view(heads, 3, -1, config.hidden_size)
+                bias = attn.query_key_value.bias.view(heads, 3, -1)
+                weight[:, :2].mul_(factor)
+                bias[:, :2].mul_(factor)
+
+
+def save_tiny_model(name: str, folder, seed: int = 0, qk_scale: float = 1.0):
+    """Write the tiny random model `name` (queries and keys scaled by `qk_scale`) as a Hugging
+    Face folder; return the folder."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -71,5 +105,7 @@ def save_tiny_model(name: str, folder, seed: int = 0):
         for p in model.parameters():
             if p.ndim == 2:
                 p.mul_(4.0)
+    if qk_scale != 1.0:
+        scale_queries_and_keys(model, qk_scale)
     model.save_pretrained(folder)
     return folder

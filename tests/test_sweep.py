@@ -34,7 +34,12 @@ def test_results_folder_is_complete(finished):
     table = pd.read_csv(out / "head_stats.csv")
     assert len(table) == 270 and list(table.columns) == list(HEAD_COLUMNS)
     extras = ["r_max_attn", "r_log_keff", "auroc_low_entropy", "delta_r2", "temperature_share"]
-    assert table[extras].notna().all().all() and (table["cluster_unit"] == "window").all()
+    flagged = table["degenerate"].fillna("") != ""
+    # SmolLM2's L18 H8 attends to one key on 64-token windows: H is 0 up to rounding (issue 23)
+    assert set(zip(table["layer"][flagged], table["head"][flagged], strict=True)) <= {(18, 8)}
+    assert table.loc[flagged, extras].isna().all().all()
+    assert table.loc[~flagged, extras].notna().all().all()
+    assert (table["cluster_unit"] == "window").all()
     alpha = pd.read_csv(out / layout.ALPHA_RESPONSE)
     assert list(alpha.columns) == ["layer", "head", "scale", "mean_entropy"]
     assert len(alpha) == 270 * 5

@@ -1,18 +1,26 @@
-"""The arms of Phase 2 and how each becomes a number of keys per query (pure).
+"""The arms of Phase 2, held in one registry (`REGISTRY`), and how counts become budgets (pure).
 
-Every arm but the oracle gives each evaluated query a desired number of keys d = s · exp(pred),
-with pred its rule in log space (`rules.predict`) and s one scale per arm and budget. d is rounded
-with a fixed dither, k = floor(d + u) with u uniform in [0, 1) per query and drawn from the seed,
-so the mean budget moves in steps of one key of one query as s grows, and clamped between the
-keys every arm keeps (the sink and the local window, at least one) and the keys visible. The
-scale is solved by bisection on the dense pass of the evaluation windows, so each arm meets its
-budget there without repeated forwards. The oracle instead keeps the smallest set holding mass p
-(the always-kept keys counted first), with p read off a grid of masses.
+Every arm chooses *which* keys by exact top-k on the true scores (the always-kept keys first);
+arms differ in *how many*:
+
+- `dense`: every visible key (the reference);
+- the fitted arms (`keys="cells"`): nested partitions of the queries into cells (`cells`: none,
+  the head, the bin of log keys seen, the bin of a per-query feature's residual), each cell given
+  a kept fraction by the one loss-optimal allocator (`allocate`); within a cell every query keeps
+  that fraction of its visible keys, rounded with a fixed dither k = floor(f·n + u);
+- `sink_local` (StreamingLLM): the same number of the most recent keys for every query, its scale
+  solved by bisection;
+- `oracle_top_p` and `estimated_top_p`: the fewest keys holding mass p of the query's attention,
+  computed on the true keys (the bound) or on keys quantised to `estimate_bits` bits per channel
+  (what an engine can afford, as in Twilight and Quest), p read off a grid of masses.
+
+Budgets are met on the dense pass of the evaluation windows without repeated forwards.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -21,25 +29,80 @@ from torch import Tensor
 
 from spectra_interp.errors import SpectraError
 
-ARMS = (
-    "uniform",
-    "head",
-    "head_position",
-    "qnorm",
-    "qnorm_shuffled",
-    "oracle_top_p",
-    "sink_local",
-)
+# How an arm sets each query's count of keys.
+DENSE_KEYS, CELL_KEYS, RECENCY_KEYS, TOP_P_KEYS = "dense", "cells", "recency", "top_p"
+# The levels a fitted arm's cells split on, coarse to fine (each arm's cells nest in the next's).
+HEAD, POSITION, FEATURE = "head", "position", "feature"
+# The per-query features a cell may split on.
+QNORM, ENTROPY = "qnorm", "entropy"
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One arm: its role in the comparison, how it sets counts, its cells and its colour."""
+
+    name: str
+    role: str
+    keys: str
+    cells: tuple[str, ...] = ()
+    feature: str | None = None
+    shuffled: bool = False  # the feature's residual permuted within its head-and-position cell
+    estimate_bits: int | None = None  # top-p counted on keys quantised to this many bits
+    colour: str = "#7f7f7f"
+    dash: str = "solid"
+
+    @property
+    def fitted(self) -> bool:
+        return self.keys == CELL_KEYS
+
+
+REGISTRY: dict[str, Arm] = {
+    a.name: a
+    for a in (
+        Arm("dense", "reference", DENSE_KEYS, colour="#000000"),
+        Arm("uniform", "baseline: one fraction for every query", CELL_KEYS, colour="#7f7f7f"),
+        Arm("head", "baseline: a fraction per head (Ada-KV)", CELL_KEYS, (HEAD,), colour="#8c564b"),
+        Arm(
+            "head_position", "rival: per head and bin of log keys seen", CELL_KEYS,
+            (HEAD, POSITION), colour="#1f77b4",
+        ),
+        Arm(
+            "qnorm", "proposal: head_position split by the ‖q‖ residual", CELL_KEYS,
+            (HEAD, POSITION, FEATURE), QNORM, colour="#d62728",
+        ),
+        Arm(
+            "qnorm_shuffled", "control: qnorm with the residual permuted within its cell",
+            CELL_KEYS, (HEAD, POSITION, FEATURE), QNORM, shuffled=True, colour="#ff9896",
+            dash="dash",
+        ),
+        Arm(
+            "entropy", "ceiling: head_position split by the query's true entropy", CELL_KEYS,
+            (HEAD, POSITION, FEATURE), ENTROPY, colour="#e377c2", dash="dot",
+        ),
+        Arm("sink_local", "StreamingLLM: sink and recent keys", RECENCY_KEYS, colour="#9467bd",
+            dash="dashdot"),
+        Arm("oracle_top_p", "bound: exact top-p", TOP_P_KEYS, colour="#2ca02c", dash="dot"),
+        Arm(
+            "estimated_top_p", "query-aware rival: top-p on 4-bit keys", TOP_P_KEYS,
+            estimate_bits=4, colour="#17becf", dash="dashdot",
+        ),
+    )
+}  # fmt: skip
 DENSE = "dense"
-PROPOSAL, RIVAL, CONTROL, BOUND = "qnorm", "head_position", "qnorm_shuffled", "oracle_top_p"
-# Arms that keep the most recent keys instead of the highest-scoring ones.
-RECENCY_ARMS = frozenset({"sink_local"})
-# The masses the oracle's p is chosen from: even in logit(p), dense near 1, then p = 1 (dense).
+# Every arm but the dense reference, in shard order.
+ARMS = tuple(name for name, arm in REGISTRY.items() if arm.keys != DENSE_KEYS)
+FITTED = tuple(name for name in ARMS if REGISTRY[name].fitted)
+TOP_P = tuple(name for name in ARMS if REGISTRY[name].keys == TOP_P_KEYS)
+PROPOSAL, RIVAL, CONTROL, BOUND, CEILING = (
+    "qnorm", "head_position", "qnorm_shuffled", "oracle_top_p", "entropy",
+)  # fmt: skip
+ESTIMATED = "estimated_top_p"
+# The masses the top-p arms' p is chosen from: even in logit(p), dense near 1, then p = 1 (dense).
 ORACLE_GRID = tuple(
     float(v) for v in 1 / (1 + np.exp(-np.linspace(math.log(0.02 / 0.98), math.log(1e6 - 1), 255)))
 ) + (1.0,)
-# Streams of the seed: the rounding dither and the qnorm_shuffled permutation.
-DITHER_STREAM, SHUFFLE_STREAM = 1, 2
+# Streams of the seed: the rounding dither, the shuffled control, the split cell's coin.
+DITHER_STREAM, SHUFFLE_STREAM, COIN_STREAM = 1, 2, 3
 BISECTION_STEPS = 64
 BISECTION_PRECISION = 1e-4  # a budget met this closely needs no more steps
 BISECTION_WIDTH = 1e-7  # nor one whose log scale is known this well
@@ -83,9 +146,12 @@ def check_budgets(budgets: tuple[float, ...], floor: float, sink: int, local: in
         )
 
 
-def dither(seed: int, window_id: int, shape: tuple[int, ...]) -> Float[Tensor, "..."]:
-    """The fixed rounding offsets u in [0, 1) of one window's queries."""
-    rng = np.random.default_rng((seed, DITHER_STREAM, window_id))
+def dither(
+    seed: int, window_id: int, shape: tuple[int, ...], stream: int = DITHER_STREAM
+) -> Float[Tensor, "..."]:
+    """The fixed rounding offsets u in [0, 1) of one window's queries (or another stream's
+    uniform draws: the split cell's coin)."""
+    rng = np.random.default_rng((seed, stream, window_id))
     return torch.from_numpy(rng.random(shape))
 
 

@@ -1,24 +1,40 @@
-"""From the masked shards to the results: budget curves, per-head budgets and the verdict (pure).
+"""From the masked shards to the results: budget curves, per-head budgets, the allocation per
+cell, the breakdown by source and the verdict per budget (pure).
 
 Inference takes documents as the independent units: every window is summed into its document
 first. KL intervals are percentile intervals of a document bootstrap (`stats.inference`). The
-paired test of qnorm against head_position uses the same documents for both arms: the statistic
-is the difference of their mean KLs, its standard error the delete-one-document jackknife (CV3),
-and t is referred to Student t on (documents - 1) degrees of freedom, one-sided (qnorm lower).
-With few documents the jackknife is the conservative choice (see `jackknife_p_value`).
+paired test of qnorm against its shuffled control uses the same documents for both arms: the
+statistic is the difference of their mean KLs, its standard error the delete-one-document
+jackknife (CV3), and t is referred to Student t on (documents - 1) degrees of freedom, one-sided
+(qnorm lower). The verdict itself is the KL ratio (`verdict`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
 from jaxtyping import Bool, Float
 from scipy import stats as sps
 
-from spectra_interp.budget.arms import ARMS, BOUND, CONTROL, DENSE, PROPOSAL, RIVAL
-from spectra_interp.budget.rules import Rules, coefficients, fit_r2
+from spectra_interp.budget import verdict as vd
+from spectra_interp.budget.allocate import FRACTIONS
+from spectra_interp.budget.arms import (
+    ARMS,
+    BOUND,
+    CEILING,
+    CONTROL,
+    DENSE,
+    FEATURE,
+    FITTED,
+    HEAD,
+    POSITION,
+    PROPOSAL,
+    REGISTRY,
+    RIVAL,
+)
 from spectra_interp.config import BUDGET_TOLERANCE
 from spectra_interp.stats.clusters import Clusters
 from spectra_interp.stats.inference import bootstrap_ci, jackknife, jackknife_se
@@ -38,6 +54,11 @@ CURVE_COLUMNS: dict[str, str] = {
     "top1_agree": "share of tokens whose most likely next token is the dense model's",
     "n_tokens": "evaluated tokens",
     "n_documents": "evaluation documents",
+    "lambda_transfer_budget": "the mean fraction a fitted arm reaches on the evaluation documents "
+    "with λ fixed on the calibration documents (what an engine could set in advance)",
+    "keys_read": "keys read per query head, mean count: the kept keys, and for an arm that "
+    "estimates its count on quantised keys also every visible key at bits/16 (estimated_top_p: "
+    "4/16)",
 }
 PER_HEAD_COLUMNS: dict[str, str] = {
     "arm": "the arm",
@@ -47,11 +68,6 @@ PER_HEAD_COLUMNS: dict[str, str] = {
     "kv_head": "the KV head it reads",
     "keys_frac": "that head's mean fraction of visible keys kept",
     "share": "its fraction over the arm's mean (the head's share of the budget)",
-    "log_scale": "the arm's scale at this budget, log",
-    "intercept": "the rule: desired keys = exp(log_scale + intercept",
-    "slope_log_keys": "+ slope_log_keys · log(keys seen)",
-    "slope_log_qnorm": "+ slope_log_qnorm · log‖q‖)",
-    "fit_r2": "R² of the rule's fit of log k_eff on the calibration queries",
 }
 
 
@@ -71,8 +87,8 @@ class Masked:
     nll: Float[np.ndarray, "window combo token"]
     top1: Bool[np.ndarray, "window combo token"]
     kept: Float[np.ndarray, "window combo layer head"]  # sum over queries of kept / visible
+    kept_keys: Float[np.ndarray, "window combo layer head"]  # sum over queries of kept keys
     union: Float[np.ndarray, "window combo"]  # sum over (layer, KV head, query) of union / visible
-    moved: Float[np.ndarray, "window 2"]  # qnorm with ‖q‖ of the masked pass: sum |dk|/n, k/n
     n_queries: int  # evaluated queries per (window, layer, head)
     n_kv_heads: int
 
@@ -81,6 +97,7 @@ def curve_table(
     masked: Masked,
     budgets: tuple[float, ...],
     clusters: Clusters,
+    transfer: dict[str, list[float]],
     *,
     n_boot: int,
     seed: int,
@@ -99,10 +116,16 @@ def curve_table(
     low, high = bootstrap_ci(per_doc, lambda s: s[..., 0] / s[..., 1], n_boot=n_boot, seed=seed)
     total_tokens = n_windows * n_tokens
     ppl = np.exp(masked.nll.sum(axis=(0, 2), dtype=np.float64) / total_tokens)
-    keys = masked.kept.sum(axis=(0, 2, 3)) / (n_windows * n_layers * n_heads * masked.n_queries)
+    n_q = n_windows * n_layers * n_heads * masked.n_queries
+    keys = masked.kept.sum(axis=(0, 2, 3)) / n_q
+    keys_read = masked.kept_keys.sum(axis=(0, 2, 3)) / n_q
     union = masked.union.sum(0) / (n_windows * n_layers * masked.n_kv_heads * masked.n_queries)
+    ordered = sorted(budgets)
     rows = []
     for c, (arm, budget) in enumerate(combos(budgets)):
+        bits = REGISTRY[arm].estimate_bits
+        read = keys_read[c] + (bits / 16 * keys_read[0] if bits else 0.0)
+        moved = transfer.get(arm)
         rows.append(
             {
                 "arm": arm,
@@ -118,6 +141,10 @@ def curve_table(
                 "top1_agree": masked.top1[:, c].mean(),
                 "n_tokens": total_tokens,
                 "n_documents": per_doc.shape[0],
+                "lambda_transfer_budget": (
+                    moved[ordered.index(budget)] if moved is not None else np.nan
+                ),
+                "keys_read": read,
             }
         )
     return pd.DataFrame(rows, columns=list(CURVE_COLUMNS))
@@ -145,114 +172,94 @@ def paired_test(
     return out
 
 
-def gap_closed(
-    kl_arm: np.ndarray,
-    kl_rival: np.ndarray,
-    kl_bound: np.ndarray,
-    n: np.ndarray,
-    *,
-    n_boot: int,
-    seed: int,
-) -> dict[str, float]:
-    """The share of the KL gap from the rival to the bound that an arm closes, with a document
-    bootstrap interval: (KL_rival - KL_arm) / (KL_rival - KL_bound)."""
-    stats = np.stack([kl_arm, kl_rival, kl_bound, n], axis=-1).astype(np.float64)
-
-    def share(s: np.ndarray) -> np.ndarray:
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return (s[..., 1] - s[..., 0]) / (s[..., 1] - s[..., 2])
-
-    low, high = bootstrap_ci(stats, share, n_boot=n_boot, seed=seed)
-    point = share(stats.sum(0))
-    return {"share": _finite(point), "ci_low": _finite(low), "ci_high": _finite(high)}
+def document_kl(masked: Masked, clusters: Clusters) -> tuple[np.ndarray, np.ndarray]:
+    """Per document and combo the summed KL, and per document the tokens."""
+    kl = clusters.sum(masked.kl.sum(-1, dtype=np.float64))
+    n = clusters.sum(np.full(len(clusters.ids), float(masked.kl.shape[-1])))
+    return kl, n
 
 
-def _finite(value: np.ndarray | float) -> float | None:
-    value = float(value)
-    return value if np.isfinite(value) else None
-
-
-def compare(
+def verdicts(
     masked: Masked,
     budgets: tuple[float, ...],
     clusters: Clusters,
     *,
     alpha: float,
+    margin: float,
     n_boot: int,
     seed: int,
-) -> list[dict]:
-    """Per budget: qnorm against head_position (paired test), the gap to the oracle closed by
-    qnorm and by the shuffled control, and qnorm against the control."""
-    kl = clusters.sum(masked.kl.sum(-1, dtype=np.float64))
-    n = clusters.sum(np.full(len(clusters.ids), float(masked.kl.shape[-1])))
+) -> list[vd.BudgetVerdict]:
+    """Per budget: the KL ratio of qnorm to head_position and its call, qnorm against its
+    shuffled control, and the gaps to the entropy ceiling and the oracle that qnorm closes."""
+    kl, n = document_kl(masked, clusters)
     index = {combo: c for c, combo in enumerate(combos(budgets))}
+    level = 1 - 2 * alpha
+    boot = {"level": level, "n_boot": n_boot, "seed": seed}
     out = []
     for b in sorted(budgets):
-        arm, rival, bound, control = (
-            kl[:, index[(a, float(b))]] for a in (PROPOSAL, RIVAL, BOUND, CONTROL)
+        arm, rival, control, ceiling, bound = (
+            kl[:, index[(a, float(b))]] for a in (PROPOSAL, RIVAL, CONTROL, CEILING, BOUND)
         )
-        test = paired_test(arm, rival, n)
+        ratio = vd.ratio_interval(arm, rival, **boot)
+        test = paired_test(arm, control, n)
         beats = bool(
             test["kl_diff"] < 0 and np.isfinite(test["p_one_sided"]) and test["p_one_sided"] < alpha
         )
+        called = vd.call(ratio, margin, beats)
         out.append(
-            {
-                "budget": float(b),
-                f"{PROPOSAL}_vs_{RIVAL}": {**test, "beats": beats},
-                f"{PROPOSAL}_gap_closed": gap_closed(
-                    arm, rival, bound, n, n_boot=n_boot, seed=seed
+            vd.BudgetVerdict(
+                budget=float(b),
+                ratio=ratio,
+                call=called,
+                documents_to_decide=(
+                    vd.documents_to_decide(ratio, margin, clusters.n)
+                    if called == vd.UNDECIDED
+                    else None
                 ),
-                f"{CONTROL}_vs_{RIVAL}": paired_test(control, rival, n),
-                f"{CONTROL}_gap_closed": gap_closed(
-                    control, rival, bound, n, n_boot=n_boot, seed=seed
-                ),
-                f"{PROPOSAL}_vs_{CONTROL}": paired_test(arm, control, n),
-            }
+                qnorm_vs_control=test,
+                beats_control=beats,
+                entropy_gap_closed=vd.gap_closed(arm, rival, ceiling, **boot),
+                oracle_gap_closed=vd.gap_closed(arm, rival, bound, **boot),
+                control_oracle_gap_closed=vd.gap_closed(control, rival, bound, **boot),
+            )
         )
     return out
 
 
-def _percent(value: float | None) -> str:
-    return "n/a" if value is None else f"{100 * value:.0f}%"
-
-
-def verdict_text(comparisons: list[dict], n_documents: int, alpha: float) -> str:
-    """The finding in one sentence, whichever way it went."""
-    key = f"{PROPOSAL}_vs_{RIVAL}"
-    won = [c["budget"] for c in comparisons if c[key]["beats"]]
-    budgets = ", ".join(f"{c['budget']:g}" for c in comparisons)
-    closed = ", ".join(_percent(c[f"{PROPOSAL}_gap_closed"]["share"]) for c in comparisons)
-    control = ", ".join(_percent(c[f"{CONTROL}_gap_closed"]["share"]) for c in comparisons)
-    test = f"one-sided paired jackknife over {n_documents} evaluation documents, p < {alpha:g}"
-    if won:
-        head = (
-            f"{PROPOSAL} beats {RIVAL} at {len(won)} of {len(comparisons)} budgets "
-            f"({', '.join(f'{b:g}' for b in won)}; {test})"
-        )
-    else:
-        head = (
-            f"{PROPOSAL} does not beat {RIVAL} at any budget ({budgets}; {test}): ‖q‖ does not "
-            "set key budgets better than the head and the position here"
-        )
-    return (
-        f"{head}; at budgets {budgets} it closes {closed} of the KL gap from {RIVAL} to "
-        f"{BOUND}, and the {CONTROL} control closes {control}."
-    )
+def source_table(
+    masked: Masked, budgets: tuple[float, ...], sources: pd.Series
+) -> list[dict[str, float | str]]:
+    """Per source of the evaluation windows: each arm's mean KL and the ratio qnorm /
+    head_position, per budget."""
+    rows = []
+    index = {combo: c for c, combo in enumerate(combos(budgets))}
+    kl = masked.kl.sum(-1, dtype=np.float64)
+    for source in sorted(sources.unique()):
+        pick = (sources == source).to_numpy()
+        tokens = pick.sum() * masked.kl.shape[-1]
+        for b in sorted(budgets):
+            row: dict[str, float | str] = {"source": source, "budget": float(b)}
+            for arm in ARMS:
+                row[arm] = float(kl[pick, index[(arm, float(b))]].sum() / tokens)
+            row["ratio"] = row[PROPOSAL] / row[RIVAL] if row[RIVAL] else float("nan")
+            row["n_windows"] = int(pick.sum())
+            rows.append(row)
+    return rows
 
 
 def budget_report(
-    curves: pd.DataFrame, planned: Float[np.ndarray, "arm budget"], budgets: tuple[float, ...]
+    curves: pd.DataFrame, planned: dict[str, list[float]], budgets: tuple[float, ...]
 ) -> dict:
     """How each arm met its budgets: target, planned on the dense pass, achieved when masked."""
     rows = []
-    for a, arm in enumerate(ARMS):
+    for arm in ARMS:
         for j, b in enumerate(sorted(budgets)):
             got = curves[(curves["arm"] == arm) & (curves["budget"] == b)]["keys_frac"].iloc[0]
             rows.append(
                 {
                     "arm": arm,
                     "budget": float(b),
-                    "planned": float(planned[a, j]),
+                    "planned": float(planned[arm][j]),
                     "achieved": float(got),
                 }
             )
@@ -265,13 +272,8 @@ def budget_report(
     }
 
 
-def per_head_table(
-    masked: Masked,
-    budgets: tuple[float, ...],
-    rules: Rules,
-    log_scales: Float[np.ndarray, "arm budget"],
-) -> pd.DataFrame:
-    """per_head.csv: each arm's rule per head and the share of the budget each head got."""
+def per_head_table(masked: Masked, budgets: tuple[float, ...]) -> pd.DataFrame:
+    """per_head.csv: the share of the budget each head got, per arm and budget."""
     n_windows = masked.kept.shape[0]
     n_layers, n_heads = masked.kept.shape[2:]
     per_head = masked.kept.sum(0) / (n_windows * masked.n_queries)  # [combo, layer, head]
@@ -281,9 +283,6 @@ def per_head_table(
     for c, (arm, budget) in enumerate(combos(budgets)):
         if arm == DENSE:
             continue
-        a, j = ARMS.index(arm), sorted(budgets).index(budget)
-        fitted = arm != BOUND
-        coef = coefficients(arm, rules, j) if fitted else np.full((n_layers, n_heads, 3), np.nan)
         frac = per_head[c]
         frames.append(
             pd.DataFrame(
@@ -295,14 +294,68 @@ def per_head_table(
                     "kv_head": kv_head.ravel(),
                     "keys_frac": frac.ravel(),
                     "share": (frac / frac.mean()).ravel(),
-                    "log_scale": log_scales[a, j] if fitted else np.nan,
-                    "intercept": coef[..., 0].ravel(),
-                    "slope_log_keys": coef[..., 1].ravel(),
-                    "slope_log_qnorm": coef[..., 2].ravel(),
-                    "fit_r2": (
-                        fit_r2(arm, rules, j) if fitted else np.full(frac.shape, np.nan)
-                    ).ravel(),
                 }
             )
         )
     return pd.concat(frames, ignore_index=True)[list(PER_HEAD_COLUMNS)]
+
+
+ALLOCATION_COLUMNS: dict[str, str] = {
+    "arm": "the fitted arm",
+    "budget": "its target budget",
+    "cell": "the cell's index in the arm",
+    "layer": "layer (-1: the cell spans every layer)",
+    "head": "query head (-1: every head)",
+    "position_bin": "bin of log(keys seen) (-1: every position)",
+    "feature_bin": "quantile bin of the feature's residual (-1: none)",
+    "calibration_queries": "calibration queries in the cell",
+    "fraction": "the cell's mean kept fraction (between its two vertices where it is split)",
+    "fraction_low": "the hull vertex the cell takes",
+    "fraction_high": "the vertex above it (the cell split at λ only)",
+    "share_high": "the share of the cell's queries that take fraction_high",
+    "lambda": "the arm's λ at this budget (met on the evaluation documents)",
+}
+
+
+def allocation_table(plan: Any, n_layers: int, n_heads: int) -> pd.DataFrame:
+    """allocation.csv: each fitted arm's cells and the fraction each keeps, per budget."""
+    grid = plan.grid(n_layers, n_heads)
+    grid_fraction = np.asarray(FRACTIONS)
+    frames = []
+    for name in FITTED:
+        arm = REGISTRY[name]
+        a = plan.fitted[name]
+        n_cells = len(a.count)
+        cell = np.arange(n_cells)
+        coords = {HEAD: None, POSITION: None, FEATURE: None}
+        rest = cell.copy()
+        for level, size in reversed(list(zip(arm.cells, grid.sizes(arm), strict=True))):
+            coords[level] = rest % size
+            rest = rest // size
+        minus = np.full(n_cells, -1)
+        head_index = coords[HEAD]
+        rows = np.arange(n_cells)
+        for j, b in enumerate(plan.budgets):
+            low = grid_fraction[a.vertex[rows, a.low[j]]]
+            high = grid_fraction[a.vertex[rows, a.high[j]]]
+            share = a.share_high[j]
+            frames.append(
+                pd.DataFrame(
+                    {
+                        "arm": name,
+                        "budget": b,
+                        "cell": cell,
+                        "layer": minus if head_index is None else head_index // n_heads,
+                        "head": minus if head_index is None else head_index % n_heads,
+                        "position_bin": minus if coords[POSITION] is None else coords[POSITION],
+                        "feature_bin": minus if coords[FEATURE] is None else coords[FEATURE],
+                        "calibration_queries": a.count,
+                        "fraction": (1 - share) * low + share * high,
+                        "fraction_low": low,
+                        "fraction_high": high,
+                        "share_high": share,
+                        "lambda": a.lam[j],
+                    }
+                )
+            )
+    return pd.concat(frames, ignore_index=True)[list(ALLOCATION_COLUMNS)]

@@ -1,6 +1,6 @@
-"""The two disjoint sets of documents: calibration (fits the rules) and evaluation (tests them).
+"""The two disjoint sets of documents: calibration (fits the allocation) and evaluation (tests it).
 
-Documents, not windows, are split, so no text that fitted a rule is ever used to judge it. The
+Documents, not windows, are split, so no text that fitted an allocation ever judges it. The
 split is drawn from the seed; each side is then cut into windows as the sweep cuts them
 (`make_windows`, spread across documents), and written once to the results folder so a resumed
 run reads the very same windows back.
@@ -16,9 +16,42 @@ import pandas as pd
 
 from spectra_interp.config import BudgetConfig
 from spectra_interp.corpus import Document, Windows, load_documents, make_windows
+from spectra_interp.corpus.sources import STDLIB_CODE
 from spectra_interp.errors import SpectraError
 from spectra_interp.results.layout import BudgetLayout
 from spectra_interp.runner.windows import stored_or_built
+
+# The standard-library modules Phase 2 reads from `stdlib-code`, pinned by name so the documents
+# (and so the seeded split) do not change with the Python version: plain modules present in
+# CPython 3.10 to 3.13, none a package, none a test.
+PINNED_STDLIB = tuple(
+    f"{name}.py"
+    for name in (
+        "abc argparse ast base64 bdb bisect calendar cmd code codecs codeop colorsys compileall "
+        "configparser contextlib copy copyreg csv dataclasses datetime decimal difflib dis "
+        "doctest enum filecmp fileinput fnmatch fractions ftplib functools genericpath getopt "
+        "getpass gettext glob graphlib gzip hashlib heapq hmac imaplib inspect io ipaddress "
+        "keyword linecache locale lzma mailbox mimetypes numbers opcode operator optparse os "
+        "pickle pkgutil platform plistlib poplib posixpath pprint profile pstats py_compile "
+        "pyclbr queue quopri random reprlib rlcompleter runpy sched secrets selectors shelve "
+        "shlex shutil signal smtplib socket socketserver stat statistics string stringprep "
+        "struct subprocess symtable tabnanny tarfile tempfile textwrap threading timeit token "
+        "tokenize trace traceback tracemalloc tty types typing uuid wave weakref webbrowser "
+        "zipapp zipimport"
+    ).split()
+)
+
+
+def phase2_documents(spec: str) -> list[Document]:
+    """The corpus's documents, with `stdlib-code` cut to the pinned modules (in pinned order)."""
+    docs = load_documents(spec)
+    pinned = {name: i for i, name in enumerate(PINNED_STDLIB)}
+    other = [d for d in docs if d.source != STDLIB_CODE]
+    stdlib = sorted(
+        (d for d in docs if d.source == STDLIB_CODE and d.doc_id in pinned),
+        key=lambda d: pinned[d.doc_id],
+    )
+    return other + stdlib
 
 
 def split_documents(
@@ -47,7 +80,7 @@ def document_names(meta: pd.DataFrame) -> pd.Series:
 def build_splits(config: BudgetConfig, tokenizer: Any) -> dict[str, Windows]:
     """The calibration and evaluation windows of a run, from its corpus."""
     calibration, evaluation = split_documents(
-        load_documents(config.corpus), config.calibration_share, config.seed
+        phase2_documents(config.corpus), config.calibration_share, config.seed
     )
     wanted = {
         BudgetLayout.CALIBRATION: (calibration, config.calibration_windows),

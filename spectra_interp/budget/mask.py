@@ -2,8 +2,8 @@
 
 The TransformerLens bridge never calls the model's attention function, so, as in
 `extract.fused`, the wrapped transformers model runs itself (the full causal LM, for next-token
-logits) with `spectra_budget` registered as its attention function. One function serves the dense
-reference and every arm, over blocks of queries, in fp32:
+logits) with `spectra_budget` as its attention function (`models.attention.CustomAttention`).
+One function serves the dense reference and every arm, over blocks of queries, in fp32:
 
 1. scores s = scale · q·k, soft-capped first where the model caps them (Gemma-2);
 2. the visible keys: causal, inside the layer's sliding window, and inside the model's own mask;
@@ -19,7 +19,6 @@ each GQA group, and (dense passes) each query's keys at given masses (or a reduc
 
 from __future__ import annotations
 
-import contextvars
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -30,14 +29,9 @@ from einops import rearrange
 from jaxtyping import Bool, Float, Int
 from torch import Tensor, nn
 
-from spectra_interp.extract.fused import (
-    allowed_mask,
-    attention_implementation,
-    repeat_kv,
-    unbridged,
-)
 from spectra_interp.metrics import MASS_SLACK, capped, visible_keys
 from spectra_interp.models.architecture import AttentionSpec
+from spectra_interp.models.attention import CustomAttention, allowed_mask, repeat_kv
 from spectra_interp.models.load import spec_of
 
 NAME = "spectra_budget"
@@ -90,6 +84,37 @@ def mass_counts(
 Reducer = Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]
 
 
+@dataclass(frozen=True)
+class QueryBlock:
+    """What a probe sees of one block of queries in one layer (fp32, keys repeated per query
+    head): the capped scores, the attention over the kept keys, the masks and the layer's keys
+    and values (every key of the window, for probes that need the whole layer)."""
+
+    layer: int
+    rows: slice
+    positions: Int[Tensor, " q"]
+    visible: Int[Tensor, " q"]
+    scores: Float[Tensor, "b h q key"]
+    probs: Float[Tensor, "b h q key"]
+    allowed: Bool[Tensor, "b h q key"]
+    always: Bool[Tensor, "b h q key"]
+    query: Float[Tensor, "b h q d"]
+    keys: Float[Tensor, "b h s d"]
+    values: Float[Tensor, "b h s e"]
+    scale: float
+    softcap: float | None
+
+
+class Probe:
+    """Extra per-query quantities read from each block (`QueryBlock` -> name -> [b, h, q, ...]),
+    concatenated over blocks; the names in `summed` are summed over blocks instead."""
+
+    summed: frozenset[str] = frozenset()
+
+    def __call__(self, block: QueryBlock) -> dict[str, Tensor]:
+        raise NotImplementedError
+
+
 @dataclass
 class Pass:
     """One forward pass: what each query keeps, and what is gathered per layer (on the CPU)."""
@@ -104,6 +129,8 @@ class Pass:
     always_first: bool = True  # count the always-kept keys first (the oracle) or not (k_p)
     reducer: Reducer | None = None  # keep a summary of the counts, not the counts per query
     keep_masks: bool = False
+    probe: Probe | None = None
+    probed: dict[int, dict[str, Tensor]] = field(default_factory=dict)
     qnorm: dict[int, Tensor] = field(default_factory=dict)
     kept: dict[int, Tensor] = field(default_factory=dict)
     union: dict[int, Tensor] = field(default_factory=dict)
@@ -115,8 +142,9 @@ class Pass:
         per_layer = getattr(self, name)
         return torch.stack([per_layer[layer] for layer in range(self.spec.n_layers)], dim=1)
 
-
-_ACTIVE: contextvars.ContextVar[Pass | None] = contextvars.ContextVar(NAME, default=None)
+    def probed_stack(self, name: str) -> Tensor:
+        """A probe's quantity stacked over layers: [b, layer, ...]."""
+        return torch.stack([self.probed[layer][name] for layer in range(self.spec.n_layers)], 1)
 
 
 def new_pass(model: Any, sink: int, local: int, **kwargs: Any) -> Pass:
@@ -148,6 +176,7 @@ def _block_keep(
 
 
 def budget_attention(
+    run: Pass,
     module: nn.Module,
     query: Float[Tensor, "b h t d"],
     key: Float[Tensor, "b kv s d"],
@@ -157,10 +186,8 @@ def budget_attention(
     dropout: float = 0.0,
     **kwargs: Any,
 ) -> tuple[Float[Tensor, "b t h e"], None]:
-    """transformers' attention-function interface: the layer's output over the kept keys only."""
-    run = _ACTIVE.get()
-    if run is None:
-        raise RuntimeError(f"{NAME} attention ran outside spectra_interp.budget.mask.")
+    """transformers' attention-function interface (the active pass first): the layer's output
+    over the kept keys only."""
     layer = run.modules[id(module)]
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
     softcap = kwargs.get("softcap")
@@ -174,6 +201,7 @@ def budget_attention(
     out = torch.empty(*query.shape[:-1], v.shape[-1], dtype=query.dtype, device=query.device)
     qnorm = torch.linalg.vector_norm(query.float(), dim=-1)
     gathered: dict[str, list[Tensor]] = {name: [] for name in ("kept", "union", "by_mass", "masks")}
+    probed: dict[str, list[Tensor]] = {}
     for i0 in range(0, n_q, QUERY_BLOCK):
         i1 = min(i0 + QUERY_BLOCK, n_q)
         keys = i1 + offset
@@ -199,9 +227,23 @@ def budget_attention(
             else:
                 reduced = run.reducer(counts, positions, visible, qnorm[:, :, i0:i1])
                 gathered["by_mass"].append(reduced.cpu())
+        if run.probe is not None:
+            view = QueryBlock(
+                layer, slice(i0, i1), positions, visible, s, p, allowed.expand_as(s),
+                always.expand_as(s), query[:, :, i0:i1].float(), k.float(), v.float(), scale,
+                softcap,
+            )  # fmt: skip
+            for name, value in run.probe(view).items():
+                probed.setdefault(name, []).append(value.cpu())
         if run.keep_masks:
             gathered["masks"].append(torch.nn.functional.pad(keep, (0, n_k - keys)).cpu())
     run.qnorm[layer] = qnorm.cpu()
+    if run.probe is not None:
+        summed = run.probe.summed
+        run.probed[layer] = {
+            name: sum(blocks) if name in summed else torch.cat(blocks, dim=2)
+            for name, blocks in probed.items()
+        }
     for name, blocks in gathered.items():
         if blocks:
             reduced = name == "by_mass" and run.reducer is not None
@@ -209,13 +251,9 @@ def budget_attention(
     return rearrange(out, "b h t e -> b t h e").contiguous(), None
 
 
-def register() -> None:
-    """Make `spectra_budget` an attention implementation transformers can dispatch to."""
-    from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
-
-    AttentionInterface.register(NAME, budget_attention)
-    AttentionMaskInterface.register(NAME, sdpa_mask)
+BUDGET: CustomAttention[Pass] = CustomAttention(
+    NAME, budget_attention, "spectra_interp.budget.mask"
+)
 
 
 @torch.inference_mode()
@@ -224,14 +262,8 @@ def forward(
 ) -> Float[Tensor, "b t vocab"] | None:
     """One teacher-forced forward of the wrapped model under `run`; the next-token logits (or
     None with `logits=False`, which stops before the unembedding)."""
-    register()
-    with unbridged(model) as hf_model:
-        token = _ACTIVE.set(run)
-        try:
-            with attention_implementation(hf_model, NAME):
-                if logits:
-                    return hf_model(input_ids=tokens, use_cache=False).logits
-                hf_model.base_model(input_ids=tokens, use_cache=False)
-                return None
-        finally:
-            _ACTIVE.reset(token)
+    with BUDGET.active(model, run) as hf_model:
+        if logits:
+            return hf_model(input_ids=tokens, use_cache=False).logits
+        hf_model.base_model(input_ids=tokens, use_cache=False)
+        return None

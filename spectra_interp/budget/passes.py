@@ -1,9 +1,12 @@
 """The forward passes of each stage, reduced to what a window's shard keeps.
 
-- calibration: a dense pass; ‖q‖ and the least-squares sums of each query's log k_p;
-- evaluation: a dense pass; ‖q‖ and the oracle's share of keys at every mass of its grid;
+- calibration: a dense pass; ‖q‖, the attention entropy H and each evaluated query's loss at every
+  fraction of the grid (`probes.LossCurves`), float16;
+- evaluation: a dense pass; ‖q‖, H, and the top-p arms' shares of keys at every mass of the grid
+  (exact, and on quantised keys);
 - masked: the dense pass and one masked pass per arm and budget; per-token KL, NLL and top-1
-  agreement against the dense pass, the keys each head kept and their GQA union.
+  agreement against the dense pass, the keys each head kept (as fractions and as counts) and
+  their GQA union.
 """
 
 from __future__ import annotations
@@ -13,21 +16,25 @@ from typing import Any
 import numpy as np
 import torch
 
+from spectra_interp.budget import allocate as al
 from spectra_interp.budget import arms, mask
 from spectra_interp.budget.curves import combos
 from spectra_interp.budget.plan import (
     EVAL,
     Geometry,
+    Plan,
+    WindowInputs,
     arm_counts,
-    calibration_masses,
-    reference_budget,
     window_inputs,
 )
+from spectra_interp.budget.probes import EstimatedTopP, LossCurves
 from spectra_interp.budget.quality import Reference, token_quality
-from spectra_interp.budget.rules import Rules, log_qnorm, target_sums
 from spectra_interp.config import BudgetConfig
 from spectra_interp.results import store
 from spectra_interp.results.layout import BudgetLayout
+
+QUALITY = ("kl", "nll", "top1")
+MASKED_FIELDS = (*QUALITY, "kept", "kept_keys", "union")
 
 
 def evaluated_share(first: int) -> mask.Reducer:
@@ -40,108 +47,111 @@ def evaluated_share(first: int) -> mask.Reducer:
     return reduce
 
 
-def evaluated_fit_sums(first: int) -> mask.Reducer:
-    """Per head and mass: the least-squares sums of log k_p over evaluated queries."""
+def grid_counts(
+    window_ids: list[int], geometry: Geometry, n_heads: int, config: BudgetConfig
+) -> torch.Tensor:
+    """Keys each query would keep at every grid fraction [b, layer, head, pos, grid]."""
+    n = geometry.visible.numpy()[:, None, :]
+    fewest = geometry.fewest.numpy()[:, None, :]
+    out = []
+    for w in window_ids:
+        u = arms.dither(config.seed, w, (len(n), n_heads, n.shape[-1])).numpy()
+        out.append(
+            np.stack([al.kept_counts(np.asarray(f), n, fewest, u) for f in al.FRACTIONS], -1)
+        )
+    return torch.from_numpy(np.stack(out))
 
-    def reduce(counts: torch.Tensor, positions: torch.Tensor, visible: torch.Tensor, qnorm: Any):
-        keep = positions >= first
-        return target_sums(counts[:, :, keep], visible[keep], qnorm[:, :, keep].log())
 
-    return reduce
-
-
-def calibration_block(model: Any, tokens: torch.Tensor, config: BudgetConfig) -> list[dict]:
-    run = mask.new_pass(
-        model, config.sink, config.recent, masses=calibration_masses(config), always_first=False,
-        reducer=evaluated_fit_sums(config.skip_first),
-    )  # fmt: skip
+def calibration_block(
+    model: Any, tokens: torch.Tensor, window_ids: list[int], geometry: Geometry,
+    config: BudgetConfig,
+) -> list[dict]:  # fmt: skip
+    n_heads = model.spectra_spec.n_heads
+    probe = LossCurves(grid_counts(window_ids, geometry, n_heads, config), config.loss)
+    run = mask.new_pass(model, config.sink, config.recent, probe=probe)
     mask.forward(model, tokens, run, logits=False)
-    qnorm, sums = run.stacked("qnorm").numpy(), run.stacked("by_mass").numpy()
-    return [{"qnorm": qnorm[i], "fit_sums": sums[i]} for i in range(len(tokens))]
+    first = geometry.first
+    qnorm = run.stacked("qnorm").numpy()
+    loss = run.probed_stack("loss")[..., first:, :].numpy()
+    entropy = run.probed_stack("entropy").numpy()
+    return [{"qnorm": qnorm[i], "entropy": entropy[i], "loss": loss[i]} for i in range(len(tokens))]
 
 
 def evaluation_block(model: Any, tokens: torch.Tensor, config: BudgetConfig) -> list[dict]:
+    bits = arms.REGISTRY[arms.ESTIMATED].estimate_bits
     run = mask.new_pass(
         model, config.sink, config.recent, masses=arms.ORACLE_GRID,
         reducer=evaluated_share(config.skip_first),
+        probe=EstimatedTopP(arms.ORACLE_GRID, bits, first=config.skip_first, with_entropy=True),
     )  # fmt: skip
     mask.forward(model, tokens, run, logits=False)
     qnorm, share = run.stacked("qnorm").numpy(), run.stacked("by_mass").numpy()
-    return [{"qnorm": qnorm[i], "oracle_share": share[i]} for i in range(len(tokens))]
+    entropy = run.probed_stack("entropy").numpy()
+    estimated = run.probed_stack("estimated_share").numpy()
+    return [
+        {
+            "qnorm": qnorm[i],
+            "entropy": entropy[i],
+            "oracle_share": share[i],
+            "estimated_share": estimated[i],
+        }  # fmt: skip
+        for i in range(len(tokens))
+    ]
 
 
 def masked_block(
     model: Any,
     tokens: torch.Tensor,
     window_ids: list[int],
-    plan: dict[str, np.ndarray],
+    plan: Plan,
     layout: BudgetLayout,
     geometry: Geometry,
     config: BudgetConfig,
 ) -> list[dict[str, np.ndarray]]:
     """Every arm and budget on one block of evaluation windows, reduced per window."""
     first = geometry.first
-    rules = Rules.from_arrays(plan)
-    budgets = [float(b) for b in plan["budgets"]]
-    inputs = [
-        window_inputs(store.read_shard(layout, EVAL, w)["qnorm"], w, geometry, config)
-        for w in window_ids
+    budgets = list(plan.budgets)
+    inputs: list[WindowInputs] = [
+        window_inputs(store.read_shard(layout, EVAL, w), w, geometry, config) for w in window_ids
     ]
+    bits = arms.REGISTRY[arms.ESTIMATED].estimate_bits
     dense = mask.new_pass(
-        model, config.sink, config.recent, masses=tuple(float(m) for m in plan["oracle_mass"])
-    )
+        model, config.sink, config.recent, masses=tuple(plan.top_p_mass[arms.BOUND]),
+        probe=EstimatedTopP(tuple(plan.top_p_mass[arms.ESTIMATED]), bits),
+    )  # fmt: skip
     dense_logits = mask.forward(model, tokens, dense)
     reference = Reference.of(dense_logits[:, first:-1])
     targets = tokens[:, first + 1 :]
-    oracle = dense.stacked("by_mass")
+    top_p = {arms.BOUND: dense.stacked("by_mass"), arms.ESTIMATED: dense.probed_stack("estimated")}
     visible = geometry.visible[:, first:].double()
+    n_heads = model.spectra_spec.n_heads
     n_kv = model.spectra_spec.n_kv_heads
     per_combo: list[dict[str, torch.Tensor]] = []
-    moved = torch.zeros(len(window_ids), 2, dtype=torch.float64)
     for arm, budget in combos(tuple(budgets)):
         if arm == arms.DENSE:
             logits, run = dense_logits, dense
         else:
-            j = budgets.index(budget)
-            counts = arm_counts(arm, j, plan, rules, inputs, oracle, geometry)
-            order = mask.RECENCY if arm in arms.RECENCY_ARMS else mask.SCORE
+            counts = arm_counts(arm, budgets.index(budget), plan, inputs, top_p, geometry, n_heads)
+            order = mask.RECENCY if arms.REGISTRY[arm].keys == arms.RECENCY_KEYS else mask.SCORE
             run = mask.new_pass(model, config.sink, config.recent, counts=counts, order=order)
             logits = mask.forward(model, tokens, run)
-            if arm == arms.PROPOSAL and budget == reference_budget(tuple(budgets)):
-                moved = _moved(run, counts, j, plan, rules, inputs, oracle, geometry)
         quality = token_quality(reference, logits[:, first:-1], targets)
-        kept = run.stacked("kept")[..., first:].double() / visible[:, None]
+        kept_keys = run.stacked("kept")[..., first:].double()
         union = run.stacked("union")[..., first:].double() / visible[:, None]
-        per_combo.append({**quality, "kept": kept.sum(-1), "union": union.sum((1, 2, 3))})
+        per_combo.append(
+            {
+                **quality,
+                "kept": (kept_keys / visible[:, None]).sum(-1),
+                "kept_keys": kept_keys.sum(-1),
+                "union": union.sum((1, 2, 3)),
+            }
+        )
         del logits
     out = []
     for i in range(len(window_ids)):
         record = {
-            name: torch.stack([c[name][i] for c in per_combo]).numpy()
-            for name in ("kl", "nll", "top1", "kept", "union")
+            name: torch.stack([c[name][i] for c in per_combo]).numpy() for name in MASKED_FIELDS
         }
-        record["moved"] = moved[i].numpy()
         record["n_kv_heads"] = np.array(n_kv)
         out.append(record)
     return out
-
-
-def _moved(
-    run: mask.Pass,
-    counts: torch.Tensor,
-    j: int,
-    plan: dict[str, np.ndarray],
-    rules: Rules,
-    inputs: list,
-    oracle: torch.Tensor,
-    geometry: Geometry,
-) -> torch.Tensor:
-    """The qnorm arm with ‖q‖ read in its own masked pass instead of the dense one: per window,
-    the sum over queries of |Δk| / n and of the new k / n."""
-    first = geometry.first
-    masked_q = log_qnorm(run.stacked("qnorm")[..., first:].numpy())
-    again = arm_counts(arms.PROPOSAL, j, plan, rules, inputs, oracle, geometry, masked_q)
-    visible = geometry.visible[:, first:].double()[:, None]
-    change = (again - counts)[..., first:].abs().double() / visible
-    share = again[..., first:].double() / visible
-    return torch.stack([change.sum((1, 2, 3)), share.sum((1, 2, 3))], dim=1)

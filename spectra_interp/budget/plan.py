@@ -1,25 +1,35 @@
-"""The plan between the dense and the masked passes: the rules fitted on the calibration shards,
-each arm's scale per budget solved on the evaluation shards, and from them the number of keys
-every query of an evaluation window keeps, per arm and budget.
+"""The plan between the dense and the masked passes (`Plan`, written as plan.json): each fitted
+arm's cells, their hulls and their allocation per budget, the recency arm's scale and the top-p
+arms' masses, and from it the keys every query of an evaluation window keeps (`arm_counts`).
 
-The plan and the masked stage read a window's inputs the same way (`window_inputs`), so the
-masked passes meet exactly the budgets the plan set.
+Calibration fixes everything an arm knows: the feature residuals' means and quantile edges, each
+cell's loss and cost curves (shrunk towards the parent cell) and their hulls, and a λ per budget
+(`lambda_calibration`; applied to the evaluation queries it reaches `lambda_transfer_budget`,
+what an engine that fixes λ in advance would spend). The budget itself is met on the evaluation
+dense pass: one λ per arm and budget whose allocation has that mean cost there, the cell at λ
+split between two vertices by a seeded coin. The plan and the masked stage read a window's inputs
+the same way (`window_inputs`, `arm_counts`), so the masked passes meet exactly the budgets the
+plan set.
 """
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
 import numpy as np
 import torch
 
+from spectra_interp.budget import allocate as al
 from spectra_interp.budget import arms
-from spectra_interp.budget.rules import (
-    Rules,
-    design_sums,
-    log_qnorm,
+from spectra_interp.budget.cells import (
+    FeatureEdges,
+    Grid,
+    fit_edges,
     position_bins,
-    predict,
-    rules_from_sums,
-    shuffle_within_bins,
+    shuffle_within_cells,
 )
 from spectra_interp.config import BudgetConfig
 from spectra_interp.corpus import Windows
@@ -28,51 +38,312 @@ from spectra_interp.results import store
 from spectra_interp.results.layout import BudgetLayout
 
 CAL, EVAL = BudgetLayout.CALIBRATION, BudgetLayout.EVALUATION
+FEATURES = (arms.QNORM, arms.ENTROPY)
 
 
 class Geometry:
-    """Keys visible and the fewest kept per (layer, position), and the evaluated positions."""
+    """Keys visible and the fewest kept per (layer, position), the evaluated positions and their
+    position bins."""
 
     def __init__(self, windows: tuple[int | None, ...], config: BudgetConfig) -> None:
         self.visible = torch.stack([keys_seen(config.ctx, w) for w in windows])
         self.fewest = arms.fewest_keys(self.visible, config.sink, config.recent)
         self.first = config.skip_first
         self.floor = arms.floor_budget(self.visible, self.fewest, self.first)
+        self.pbin = position_bins(self.log_n, config.position_cells)
 
     @property
     def log_n(self) -> np.ndarray:
         """log(keys visible) at the evaluated positions, [layer, pos]."""
         return np.log(self.visible[:, self.first :].double().numpy())
 
+    @property
+    def n(self) -> np.ndarray:
+        return self.visible[:, self.first :].numpy()[:, None, :]
 
-def reference_budget(budgets: tuple[float, ...]) -> float:
-    """The budget at which the qnorm arm's ‖q‖ is also read in its masked pass (the middle one)."""
-    ordered = sorted(budgets)
-    return float(ordered[len(ordered) // 2])
-
-
-def calibration_masses(config: BudgetConfig) -> tuple[float, ...]:
-    """The masses at which the calibration queries' k_p is summed: the grid (matched) or one."""
-    return arms.ORACLE_GRID if config.fit_mass is None else (config.fit_mass,)
+    @property
+    def least(self) -> np.ndarray:
+        return self.fewest[:, self.first :].numpy()[:, None, :]
 
 
-def stacked_shards(
-    layout: BudgetLayout, stage: str, window_ids: np.ndarray, name: str
-) -> np.ndarray:
-    return np.stack([store.read_shard(layout, stage, int(w))[name] for w in window_ids])
+def feature_of(name: str, shard: dict[str, np.ndarray], first: int) -> np.ndarray:
+    """A per-query feature at the evaluated positions: log‖q‖ or H (nats)."""
+    if name == arms.QNORM:
+        return np.log(np.maximum(shard["qnorm"][..., first:].astype(np.float64), 1e-30))
+    return shard["entropy"][..., first:].astype(np.float64)
+
+
+@dataclass(frozen=True)
+class WindowInputs:
+    """One window's per-query inputs at the evaluated positions: features, dither, coin."""
+
+    window_id: int
+    features: dict[str, np.ndarray]  # name -> [layer, head, pos]
+    u: np.ndarray
+    coin: np.ndarray
 
 
 def window_inputs(
-    qnorm: np.ndarray, window_id: int, geometry: Geometry, config: BudgetConfig
-) -> tuple[np.ndarray, np.ndarray, torch.Tensor]:
-    """One evaluation window's log‖q‖, its shuffled twin and its dither, at the evaluated
-    positions, exactly as the plan and the masked stage both use them."""
+    shard: dict[str, np.ndarray], window_id: int, geometry: Geometry, config: BudgetConfig
+) -> WindowInputs:
     first = geometry.first
-    log_q = log_qnorm(qnorm[..., first:])
-    bins = position_bins(geometry.log_n, config.position_bins)
-    shuffled = shuffle_within_bins(log_q, bins, config.seed, window_id)
-    u = arms.dither(config.seed, window_id, qnorm.shape)[..., first:]
-    return log_q, shuffled, u
+    shape = shard["qnorm"].shape
+    u = arms.dither(config.seed, window_id, shape).numpy()[..., first:]
+    coin = arms.dither(config.seed, window_id, shape, arms.COIN_STREAM).numpy()[..., first:]
+    return WindowInputs(window_id, {f: feature_of(f, shard, first) for f in FEATURES}, u, coin)
+
+
+@dataclass(frozen=True)
+class ArmPlan:
+    """One fitted arm: each cell's hull (grid indices, -1 padded) and calibration count, and per
+    budget the allocation met on the evaluation pass and λ fixed on calibration."""
+
+    vertex: np.ndarray  # [cell, grid]
+    n_vertices: np.ndarray  # [cell]
+    cost: np.ndarray  # [cell, grid] calibration cost at each hull vertex
+    loss: np.ndarray  # [cell, grid] calibration loss (shrunk) at each hull vertex
+    count: np.ndarray  # [cell] calibration queries
+    low: np.ndarray  # [budget, cell]
+    high: np.ndarray  # [budget, cell]
+    share_high: np.ndarray  # [budget, cell]
+    lam: np.ndarray  # [budget]
+    cal_low: np.ndarray  # [budget, cell]: the calibration λ's allocation
+    cal_high: np.ndarray
+    cal_share_high: np.ndarray
+    lam_calibration: np.ndarray  # [budget]
+
+    @property
+    def hulls(self) -> al.Hulls:
+        return al.Hulls(self.vertex, self.cost, self.loss, self.n_vertices)
+
+    def allocation(self, j: int, transfer: bool = False) -> al.Allocation:
+        if transfer:
+            low, high, share = self.cal_low[j], self.cal_high[j], self.cal_share_high[j]
+            lam = self.lam_calibration[j]
+        else:
+            low, high, share, lam = self.low[j], self.high[j], self.share_high[j], self.lam[j]
+        return al.Allocation(float(lam), low, high, share, float("nan"))
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything the masked stage needs, and what the results report of the allocation."""
+
+    budgets: tuple[float, ...]
+    seed: int
+    position_cells: int
+    feature_cells: int
+    always_kept_floor: float
+    features: dict[str, FeatureEdges]
+    fitted: dict[str, ArmPlan]
+    recency_log_scale: list[float]  # per budget
+    top_p_mass: dict[str, list[float]]  # arm -> per budget
+    top_p_grid_fraction: dict[str, list[float]]  # arm -> mean share at each grid mass
+    planned: dict[str, list[float]] = field(default_factory=dict)  # arm -> per budget
+    transfer_budget: dict[str, list[float]] = field(default_factory=dict)  # fitted arms
+
+    def grid(self, n_layers: int, n_heads: int) -> Grid:
+        return Grid(n_layers, n_heads, self.position_cells, self.feature_cells)
+
+    def to_json(self) -> dict[str, Any]:
+        return _listed(asdict(self))
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Plan:
+        fitted = {
+            name: ArmPlan(**{k: np.asarray(v) for k, v in arm.items()})
+            for name, arm in data["fitted"].items()
+        }
+        features = {
+            name: FeatureEdges(np.asarray(f["mean"]), np.asarray(f["edges"], dtype=np.float64))
+            for name, f in data["features"].items()
+        }
+        values = {**data, "fitted": fitted, "features": features}
+        values["budgets"] = tuple(data["budgets"])
+        return cls(**values)
+
+
+def _listed(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _listed(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_listed(v) for v in value]
+    if isinstance(value, np.ndarray) and value.dtype.kind == "f" and value.size:
+        return np.vectorize(_short, otypes=[object])(value).tolist()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def _short(x: float) -> float:
+    """A float written with 9 significant digits (the plan is read back from its JSON, so every
+    process uses the same numbers)."""
+    return float(f"{x:.9g}")
+
+
+def write_plan(layout: BudgetLayout, plan: Plan) -> None:
+    store.write_json(layout.plan, plan.to_json())
+
+
+def read_plan(layout: BudgetLayout) -> Plan:
+    return Plan.from_json(json.loads(layout.plan.read_text()))
+
+
+# --- cells and counts ------------------------------------------------------------------------
+
+
+def query_cells(
+    arm: arms.Arm,
+    grid: Grid,
+    features: dict[str, FeatureEdges],
+    inputs: WindowInputs,
+    pbin: np.ndarray,
+    seed: int,
+) -> np.ndarray:
+    """Each evaluated query's cell under a fitted arm, [layer, head, pos]."""
+    shape = inputs.u.shape
+    fbin = None
+    if arm.feature is not None:
+        edges = features[arm.feature]
+        residual = edges.residual(inputs.features[arm.feature], pbin)
+        if arm.shuffled:
+            residual = shuffle_within_cells(residual, pbin, seed, inputs.window_id)
+        fbin = edges.bins(residual)
+    return grid.ids(arm, pbin, fbin, shape)
+
+
+def cost_curves(n: np.ndarray, fewest: np.ndarray, u: np.ndarray) -> np.ndarray:
+    """Each query's kept fraction at every grid fraction, [..., grid] (float32)."""
+    return np.stack(
+        [
+            (al.kept_counts(np.asarray(f), n, fewest, u) / n).astype(np.float32)
+            for f in al.FRACTIONS
+        ],
+        axis=-1,
+    )
+
+
+def fitted_counts(
+    arm_plan: ArmPlan, allocation: al.Allocation, cells: np.ndarray, inputs: WindowInputs,
+    geometry: Geometry,
+) -> np.ndarray:  # fmt: skip
+    """Keys kept per evaluated query [layer, head, pos] under one allocation."""
+    fractions = al.query_fractions(allocation, arm_plan.hulls, cells, inputs.coin)
+    return al.kept_counts(fractions, geometry.n, geometry.least, inputs.u)
+
+
+def arm_counts(
+    arm_name: str,
+    j: int,
+    plan: Plan,
+    inputs: list[WindowInputs],
+    top_p_counts: dict[str, torch.Tensor],
+    geometry: Geometry,
+    n_heads: int,
+    transfer: bool = False,
+) -> torch.Tensor:
+    """Keys kept per query [b, layer, head, pos] for one arm at budget index j: every visible key
+    before `skip_first`, the arm's counts from there. `top_p_counts` holds the top-p arms' counts
+    per query at their masses [b, layer, head, pos, budget]."""
+    arm = arms.REGISTRY[arm_name]
+    first = geometry.first
+    n_layers, n_pos = geometry.visible.shape
+    counts = geometry.visible[None, :, None, :].expand(len(inputs), n_layers, n_heads, n_pos)
+    counts = counts.clone()
+    if arm.keys == arms.TOP_P_KEYS:
+        counts[..., first:] = top_p_counts[arm_name][..., first:, j]
+        return counts
+    if arm.keys == arms.RECENCY_KEYS:
+        for i, x in enumerate(inputs):
+            counts[i, ..., first:] = arms.keep_counts(
+                torch.zeros(x.u.shape, dtype=torch.float64), plan.recency_log_scale[j],
+                torch.from_numpy(x.u), geometry.fewest[:, first:], geometry.visible[:, first:],
+            )  # fmt: skip
+        return counts
+    arm_plan = plan.fitted[arm_name]
+    grid = plan.grid(n_layers, n_heads)
+    allocation = arm_plan.allocation(j, transfer)
+    for i, x in enumerate(inputs):
+        cells = query_cells(arm, grid, plan.features, x, geometry.pbin, plan.seed)
+        counts[i, ..., first:] = torch.from_numpy(
+            fitted_counts(arm_plan, allocation, cells, x, geometry)
+        )
+    return counts
+
+
+# --- making the plan -------------------------------------------------------------------------
+
+
+def _inputs(
+    layout: BudgetLayout, stage: str, window_ids: np.ndarray, geometry: Geometry,
+    config: BudgetConfig,
+) -> Iterator[tuple[dict[str, np.ndarray], WindowInputs]]:  # fmt: skip
+    """Each window's shard and inputs, one window at a time (the plan holds no more)."""
+    for w in window_ids:
+        shard = store.read_shard(layout, stage, int(w))
+        yield shard, window_inputs(shard, int(w), geometry, config)
+
+
+def _parent(arm: arms.Arm) -> str | None:
+    """The fitted arm whose cells this arm's cells split (None for the one-cell arm)."""
+    if not arm.cells:
+        return None
+    for name in arms.FITTED:
+        other = arms.REGISTRY[name]
+        if other.cells == arm.cells[:-1] and other.feature is None:
+            return name
+    raise AssertionError(f"{arm.name} has no parent arm")
+
+
+class CellSums:
+    """Per fitted arm and cell: the sums over queries of the loss and the cost at each grid
+    fraction, and the count, accumulated window by window (mergeable)."""
+
+    def __init__(self, n_cells: dict[str, int]) -> None:
+        g = len(al.FRACTIONS)
+        self.n_cells = n_cells
+        self.loss = {a: np.zeros((n, g)) for a, n in n_cells.items()}
+        self.cost = {a: np.zeros((n, g)) for a, n in n_cells.items()}
+        self.count = {a: np.zeros(n) for a, n in n_cells.items()}
+
+    def add(self, cells: dict[str, np.ndarray], cost: np.ndarray, loss: np.ndarray | None) -> None:
+        """One window: `cells[arm]` [q], `cost` and `loss` [q, grid] (loss None: costs only)."""
+        for name, ids in cells.items():
+            n = self.n_cells[name]
+            self.count[name] += np.bincount(ids, minlength=n)
+            for g in range(cost.shape[1]):
+                self.cost[name][:, g] += np.bincount(ids, weights=cost[:, g], minlength=n)
+                if loss is not None:
+                    self.loss[name][:, g] += np.bincount(ids, weights=loss[:, g], minlength=n)
+
+    def means(self, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(mean loss, mean cost, count) per cell (0 where a cell is empty)."""
+        count = self.count[name]
+        safe = np.maximum(count, 1)[:, None]
+        return self.loss[name] / safe, self.cost[name] / safe, count
+
+
+def fit_arm_curves(
+    raw: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]], ratio: dict[str, int]
+) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Per fitted arm: (shrunk loss, cost, count) per cell from its raw (mean loss, mean cost,
+    count), parents first: each curve shrunk towards its parent cell's, an empty cell's cost its
+    parent's."""
+    out: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+    for name in arms.FITTED:
+        mean_loss, mean_cost, count = raw[name]
+        parent = _parent(arms.REGISTRY[name])
+        if parent is None:
+            out[name] = (mean_loss, mean_cost, count)
+            continue
+        up = np.arange(len(count)) // ratio[name]
+        parent_loss = raw[parent][0]
+        shrunk_loss = al.shrink(mean_loss, count, parent_loss[up], out[parent][0][up])
+        cell_cost = np.where(count[:, None] > 0, mean_cost, out[parent][1][up])
+        out[name] = (shrunk_loss, cell_cost, count)
+    return out
 
 
 def make_plan(
@@ -80,87 +351,124 @@ def make_plan(
     layout: BudgetLayout,
     splits: dict[str, Windows],
     geometry: Geometry,
-    device: torch.device | str = "cpu",
-) -> dict[str, np.ndarray]:
-    """Fit the rules on the calibration shards and solve every arm's scale per budget on the
-    evaluation shards (the bisection runs on `device`: fast for a large run on a GPU)."""
+) -> Plan:
+    """Fit every fitted arm's allocation on the calibration shards and meet each budget on the
+    evaluation shards; the recency scale and the top-p masses likewise. Shards are read one
+    window at a time and reduced to sums per cell."""
     first = geometry.first
     cal_ids = splits[CAL].meta["window_id"].to_numpy()
-    target = stacked_shards(layout, CAL, cal_ids, "fit_sums").sum(0)
-    design = design_sums(
-        geometry.log_n, log_qnorm(stacked_shards(layout, CAL, cal_ids, "qnorm")[..., first:])
-    )
-    masses = calibration_masses(config)
-    share = target[..., 0].sum((0, 1)) / (
-        len(cal_ids) * target.shape[0] * target.shape[1] * (config.ctx - first)
-    )
-    chosen = [arms.nearest_mass(share, b) if len(masses) > 1 else 0 for b in sorted(config.budgets)]
-    rules = rules_from_sums(design, target, masses, chosen)
     eval_ids = splits[EVAL].meta["window_id"].to_numpy()
-    inputs = [
-        window_inputs(store.read_shard(layout, EVAL, int(w))["qnorm"], int(w), geometry, config)
-        for w in eval_ids
-    ]
-    log_q = np.stack([i[0] for i in inputs])
-    shuffled = np.stack([i[1] for i in inputs])
-    u = torch.stack([i[2] for i in inputs]).to(device)
-    oracle = stacked_shards(layout, EVAL, eval_ids, "oracle_share")
-    n_queries = oracle.shape[0] * oracle.shape[1] * oracle.shape[2] * (config.ctx - first)
-    grid_fraction = oracle.sum(axis=(0, 1, 2)) / n_queries
-    budgets = sorted(config.budgets)
-    log_scale = np.full((len(arms.ARMS), len(budgets)), np.nan)
-    planned = np.zeros_like(log_scale)
-    oracle_mass = np.zeros(len(budgets))
-    fewest, visible = geometry.fewest[:, first:].to(device), geometry.visible[:, first:].to(device)
-    for a, arm in enumerate(arms.ARMS):
-        if arm == arms.BOUND:
-            for j, b in enumerate(budgets):
-                oracle_mass[j], planned[a, j] = arms.oracle_mass(grid_fraction, b)
-            continue
-        features = shuffled if arm == arms.CONTROL else log_q
-        for j, b in enumerate(budgets):
-            pred = torch.from_numpy(predict(arm, rules, geometry.log_n, features, j)).to(device)
-            log_scale[a, j], planned[a, j] = arms.solve_log_scale(pred, u, fewest, visible, b)
-    return {
-        "budgets": np.array(budgets),
-        "log_scale": log_scale,
-        "planned": planned,
-        "oracle_mass": oracle_mass,
-        "oracle_grid": np.array(arms.ORACLE_GRID),
-        "oracle_grid_fraction": grid_fraction,
-        "always_kept_floor": np.array(geometry.floor),
-        **rules.arrays(),
+    n_grid = len(al.FRACTIONS)
+    values: dict[str, list[np.ndarray]] = {name: [] for name in FEATURES}
+    for _, x in _inputs(layout, CAL, cal_ids, geometry, config):
+        for name in FEATURES:
+            values[name].append(x.features[name])
+    n_layers, n_heads = values[arms.QNORM][0].shape[:2]
+    grid = Grid(n_layers, n_heads, config.position_cells, config.feature_cells)
+    features = {
+        name: fit_edges(np.stack(v), geometry.pbin, config.position_cells, config.feature_cells)
+        for name, v in values.items()
     }
+    del values
+    n_cells = {name: grid.n_cells(arms.REGISTRY[name]) for name in arms.FITTED}
+    ratio = {name: grid.parent(arms.REGISTRY[name]) for name in arms.FITTED}
 
+    def cells_of(x: WindowInputs) -> dict[str, np.ndarray]:
+        return {
+            name: query_cells(
+                arms.REGISTRY[name], grid, features, x, geometry.pbin, config.seed
+            ).ravel()
+            for name in arms.FITTED
+        }
 
-def arm_counts(
-    arm: str,
-    j: int,
-    plan: dict[str, np.ndarray],
-    rules: Rules,
-    inputs: list[tuple[np.ndarray, np.ndarray, torch.Tensor]],
-    oracle: torch.Tensor,
-    geometry: Geometry,
-    log_q_override: np.ndarray | None = None,
-) -> torch.Tensor:
-    """Keys kept per query [b, layer, head, pos] for one arm at budget index j: every visible key
-    before `skip_first`, the arm's counts from there."""
-    first = geometry.first
-    n_layers, n_pos = geometry.visible.shape
-    n_heads = oracle.shape[2]
-    counts = geometry.visible[None, :, None, :].expand(len(inputs), n_layers, n_heads, n_pos)
-    counts = counts.clone()
-    if arm == arms.BOUND:
-        counts[..., first:] = oracle[..., first:, j]
-        return counts
-    a = arms.ARMS.index(arm)
-    for i, (log_q, shuffled, u) in enumerate(inputs):
-        features = shuffled if arm == arms.CONTROL else log_q
-        if log_q_override is not None:
-            features = log_q_override[i]
-        pred = torch.from_numpy(predict(arm, rules, geometry.log_n, features, j))
-        counts[i, ..., first:] = arms.keep_counts(
-            pred, float(plan["log_scale"][a, j]), u, geometry.fewest[:, first:],
-            geometry.visible[:, first:],
+    calibration = CellSums(n_cells)
+    for shard, x in _inputs(layout, CAL, cal_ids, geometry, config):
+        cost = cost_curves(geometry.n, geometry.least, x.u).reshape(-1, n_grid)
+        calibration.add(cells_of(x), cost, shard["loss"].reshape(-1, n_grid))
+    curves = fit_arm_curves({name: calibration.means(name) for name in arms.FITTED}, ratio)
+    evaluation = CellSums(n_cells)
+    shares = {name: 0.0 for name in arms.TOP_P}
+    share_key = {arms.BOUND: "oracle_share", arms.ESTIMATED: "estimated_share"}
+    for shard, x in _inputs(layout, EVAL, eval_ids, geometry, config):
+        evaluation.add(
+            cells_of(x), cost_curves(geometry.n, geometry.least, x.u).reshape(-1, n_grid), None
+        )
+        for name in arms.TOP_P:
+            shares[name] = shares[name] + shard[share_key[name]].sum((0, 1))
+    n_queries = len(eval_ids) * n_heads * n_layers * (config.ctx - first)
+    shares = {name: np.asarray(v) / n_queries for name, v in shares.items()}
+    budgets = tuple(sorted(float(b) for b in config.budgets))
+    fitted = {}
+    for name in arms.FITTED:
+        shrunk_loss, cell_cost, count = curves[name]
+        hulls = al.Hulls.of(cell_cost, shrunk_loss)
+        _, eval_mean_cost, eval_count = evaluation.means(name)
+        w_eval = eval_count / eval_count.sum()
+        w_cal = count / count.sum()
+        met = [al.allocate(hulls, w_eval, eval_mean_cost, b) for b in budgets]
+        cal = [al.allocate(hulls, w_cal, cell_cost, b) for b in budgets]
+        fitted[name] = ArmPlan(
+            vertex=hulls.vertex, n_vertices=hulls.n_vertices, cost=hulls.cost, loss=hulls.loss,
+            count=count,
+            low=np.stack([a.low for a in met]), high=np.stack([a.high for a in met]),
+            share_high=np.stack([a.share_high for a in met]), lam=np.array([a.lam for a in met]),
+            cal_low=np.stack([a.low for a in cal]), cal_high=np.stack([a.high for a in cal]),
+            cal_share_high=np.stack([a.share_high for a in cal]),
+            lam_calibration=np.array([a.lam for a in cal]),
         )  # fmt: skip
-    return counts
+    u = torch.from_numpy(
+        np.stack([x.u for _, x in _inputs(layout, EVAL, eval_ids, geometry, config)])
+    )
+    recency = [
+        arms.solve_log_scale(
+            torch.zeros(u.shape, dtype=torch.float64), u, geometry.fewest[:, first:],
+            geometry.visible[:, first:], b,
+        )[0]
+        for b in budgets
+    ]  # fmt: skip
+    del u
+    top_p_mass = {a: [arms.oracle_mass(shares[a], b)[0] for b in budgets] for a in arms.TOP_P}
+    plan = Plan(
+        budgets=budgets, seed=config.seed, position_cells=config.position_cells,
+        feature_cells=config.feature_cells, always_kept_floor=geometry.floor, features=features,
+        fitted=fitted, recency_log_scale=[float(r) for r in recency], top_p_mass=top_p_mass,
+        top_p_grid_fraction={a: list(map(float, shares[a])) for a in arms.TOP_P},
+    )  # fmt: skip
+    inputs = [x for _, x in _inputs(layout, EVAL, eval_ids, geometry, config)]
+    as_written = Plan.from_json(plan.to_json())  # the numbers every process will read back
+    return _with_budgets(as_written, inputs, geometry, n_heads, shares, budgets)
+
+
+def _with_budgets(
+    plan: Plan,
+    inputs: list[WindowInputs],
+    geometry: Geometry,
+    n_heads: int,
+    shares: dict[str, np.ndarray],
+    budgets: tuple[float, ...],
+) -> Plan:
+    """The plan with each arm's mean budget on the evaluation pass (and, for the fitted arms,
+    with λ fixed on calibration), counted from the very counts the masked stage will use."""
+    first = geometry.first
+    visible = geometry.visible[:, first:].double()[:, None]
+    planned: dict[str, list[float]] = {}
+    transfer: dict[str, list[float]] = {}
+    for name in arms.ARMS:
+        arm = arms.REGISTRY[name]
+        if arm.keys == arms.TOP_P_KEYS:
+            planned[name] = [arms.oracle_mass(shares[name], b)[1] for b in budgets]
+            continue
+        row, moved = [], []
+        for j in range(len(budgets)):
+            for out, flag in ((row, False), (moved, True)):
+                if flag and not arm.fitted:
+                    continue
+                total = 0.0
+                for x in inputs:  # one window at a time
+                    counts = arm_counts(name, j, plan, [x], {}, geometry, n_heads, transfer=flag)
+                    total += float((counts[..., first:].double() / visible).mean())
+                out.append(total / len(inputs))
+        planned[name] = row
+        if arm.fitted:
+            transfer[name] = moved
+    return Plan(**{**plan.__dict__, "planned": planned, "transfer_budget": transfer})

@@ -6,11 +6,11 @@ one), claimed block by block and dealt to torchrun ranks as the sweep deals them
 
 1. `calibration`: a dense pass of each calibration window (`passes`);
 2. `evaluation`: a dense pass of each evaluation window;
-3. the plan (rank 0, once, `plan.npz`): the rules and each arm's scale per budget (`plan`);
+3. the plan (rank 0, once, `plan.json`): each arm's cells and allocation per budget (`plan`);
 4. `masked`: every arm and budget on each evaluation window.
 
 Rank 0 then merges the masked shards into the curves, the per-head table and the verdict
-(`curves`) and builds the report.
+(`curves`); the command line builds the report.
 """
 
 from __future__ import annotations
@@ -27,19 +27,26 @@ import torch
 
 from spectra_interp import models
 from spectra_interp.budget import arms, mask
+from spectra_interp.budget import verdict as vd
+from spectra_interp.budget.allocate import FRACTIONS
 from spectra_interp.budget.curves import (
     Masked,
+    allocation_table,
     budget_report,
     combos,
-    compare,
     curve_table,
     per_head_table,
-    verdict_text,
+    source_table,
+    verdicts,
 )
 from spectra_interp.budget.data import document_names, prepare_splits
-from spectra_interp.budget.passes import calibration_block, evaluation_block, masked_block
-from spectra_interp.budget.plan import Geometry, make_plan, reference_budget
-from spectra_interp.budget.rules import Rules
+from spectra_interp.budget.passes import (
+    MASKED_FIELDS,
+    calibration_block,
+    evaluation_block,
+    masked_block,
+)
+from spectra_interp.budget.plan import Geometry, Plan, make_plan, read_plan, write_plan
 from spectra_interp.config import BudgetConfig
 from spectra_interp.corpus import Windows
 from spectra_interp.errors import SpectraError
@@ -61,9 +68,10 @@ def estimate_bytes(config: BudgetConfig, n_layers: int, n_heads: int) -> int:
     queries = n_layers * n_heads * config.ctx
     n_cal, n_eval = config.calibration_windows or 64, config.max_windows or 64
     n_combos = len(combos(config.budgets))
-    masked = n_combos * (config.ctx * 9 + n_layers * n_heads * 8)
-    evaluation = queries * 4 + n_layers * n_heads * len(arms.ORACLE_GRID) * 8
-    return int(n_cal * queries * 8 + n_eval * (evaluation + masked) + 64 * 2**20)
+    masked = n_combos * (config.ctx * 9 + n_layers * n_heads * 16)
+    evaluation = queries * 8 + n_layers * n_heads * len(arms.ORACLE_GRID) * 16
+    calibration = queries * (8 + 2 * len(FRACTIONS))
+    return int(n_cal * calibration + n_eval * (evaluation + masked) + 64 * 2**20)
 
 
 # --- the run ---------------------------------------------------------------------------------
@@ -77,14 +85,14 @@ def run_budget(config: BudgetConfig, *, log: Log = print) -> Path:
 @dataclass
 class Budget:
     """Phase 2 as an experiment: dense stages of the calibration and evaluation windows, the
-    plan (rank 0, once, `plan.npz`), the masked stage of every arm and budget, the merge."""
+    plan (rank 0, once, `plan.json`), the masked stage of every arm and budget, the merge."""
 
     config: BudgetConfig
     layout: BudgetLayout = field(init=False)
     resume_stage: str = MASKED
     geometry: Geometry | None = None
     splits: dict[str, Windows] = field(default_factory=dict)
-    plan: dict[str, np.ndarray] = field(default_factory=dict)
+    plan: Plan | None = None
 
     def __post_init__(self) -> None:
         self.layout = BudgetLayout(self.config.out_dir)
@@ -107,35 +115,39 @@ class Budget:
     def stages(self, run: Run) -> Iterator[Stage]:
         config, layout, geometry = self.config, self.layout, self.geometry
         assert geometry is not None, "disk_bytes() reads the geometry before the stages"
-        model = run.load_model(config.model, config.seed, config.device_map)
+        first = next(iter(self.splits.values()))
+        model = run.load_model(config.model, config.seed, first, config.device_map)
         if run.main:
             store.write_json(layout.config, self.record(run, model))
         start = time.perf_counter()
         where = torch.device(model.cfg.device)  # the input's device (the first, with --device-map)
 
         def calibration(tokens: torch.Tensor, ids: list[int], model: Any = model) -> list[dict]:
-            return calibration_block(model, tokens.to(where), config)
+            return calibration_block(model, tokens.to(where), ids, geometry, config)
 
         def evaluation(tokens: torch.Tensor, ids: list[int], model: Any = model) -> list[dict]:
             return evaluation_block(model, tokens.to(where), config)
 
         def masked(tokens: torch.Tensor, ids: list[int], model: Any = model) -> list[dict]:
+            assert self.plan is not None, "the plan is read before the masked stage"
             return masked_block(model, tokens.to(where), ids, self.plan, layout, geometry, config)
 
         yield Stage(CAL, self.splits[CAL], calibration)
         yield Stage(EVAL, self.splits[EVAL], evaluation)
         if run.main and not layout.plan.exists():
-            store.write_npz(layout.plan, **make_plan(config, layout, self.splits, geometry, where))
+            started = time.perf_counter()
+            write_plan(layout, make_plan(config, layout, self.splits, geometry))
+            run.timings["plan"] = {"seconds": round(time.perf_counter() - started, 1)}
         run.dist.barrier()
         run.share_files([layout.PLAN])
-        with np.load(layout.plan) as z:
-            self.plan = {k: z[k] for k in z.files}
+        self.plan = read_plan(layout)
         yield Stage(MASKED, self.splits[EVAL], masked)
         run.timings["total_seconds"] = round(time.perf_counter() - start, 1)
         del model, calibration, evaluation, masked
         release_memory(run.device)
 
-    def merge(self, run: Run) -> RecordedSummary:
+    def merge(self, run: Run) -> vd.Summary:
+        assert self.plan is not None, "the stages read the plan before the merge"
         return finalize(self.layout, self.config, self.splits, self.plan, run.timings, run.log)
 
 
@@ -163,16 +175,6 @@ def config_record(
     return record
 
 
-@dataclass(frozen=True)
-class RecordedSummary:
-    """Phase 2's summary.json as `finalize` shapes it (NaN and infinity written as null)."""
-
-    record: dict[str, Any]
-
-    def to_json(self) -> dict[str, Any]:
-        return _json_ready(self.record)
-
-
 # --- the merge -------------------------------------------------------------------------------
 
 
@@ -185,10 +187,7 @@ def load_masked(layout: BudgetLayout, window_ids: np.ndarray, n_queries: int) ->
         )
     shards = [store.read_shard(layout, MASKED, int(w)) for w in window_ids]
     return Masked(
-        **{
-            k: np.stack([s[k] for s in shards])
-            for k in ("kl", "nll", "top1", "kept", "union", "moved")
-        },
+        **{k: np.stack([s[k] for s in shards]) for k in MASKED_FIELDS},
         n_queries=n_queries,
         n_kv_heads=int(shards[0]["n_kv_heads"]),
     )
@@ -198,87 +197,75 @@ def finalize(
     layout: BudgetLayout,
     config: BudgetConfig,
     splits: dict[str, Windows],
-    plan: dict[str, np.ndarray],
+    plan: Plan,
     timings: dict[str, Any],
     log: Log,
-) -> RecordedSummary:
-    """Merge the masked shards into budget_curves.csv and per_head.csv; returns the summary
-    (the engine writes it as summary.json)."""
+) -> vd.Summary:
+    """Merge the masked shards into budget_curves.csv, per_head.csv and allocation.csv; returns
+    the summary (the engine writes it as summary.json)."""
     meta = splits[EVAL].meta
     clusters = Clusters(pd.factorize(document_names(meta))[0].astype(np.int64), DOCUMENT)
-    budgets = tuple(float(b) for b in plan["budgets"])
+    budgets = plan.budgets
     masked = load_masked(layout, meta["window_id"].to_numpy(), config.ctx - config.skip_first)
-    curves = curve_table(masked, budgets, clusters, n_boot=config.n_boot, seed=config.seed)
-    comparisons = compare(
-        masked, budgets, clusters, alpha=config.alpha, n_boot=config.n_boot, seed=config.seed
+    curves = curve_table(
+        masked, budgets, clusters, plan.transfer_budget, n_boot=config.n_boot, seed=config.seed
     )
-    n_documents = clusters.n
-    text = verdict_text(comparisons, n_documents, config.alpha)
-    met = budget_report(curves, plan["planned"], budgets)
-    reference = reference_budget(budgets)
-    total = masked.kept.shape[0] * masked.kept.shape[2] * masked.kept.shape[3] * masked.n_queries
-    planned_ref = float(
-        plan["planned"][arms.ARMS.index(arms.PROPOSAL), list(budgets).index(reference)]
+    per_budget = verdicts(
+        masked, budgets, clusters, alpha=config.alpha, margin=config.margin, n_boot=config.n_boot,
+        seed=config.seed,
+    )  # fmt: skip
+    level = 1 - 2 * config.alpha
+    summary = vd.Summary(
+        question=QUESTION,
+        verdict=vd.sentence(per_budget, clusters.n, config.margin, level),
+        margin=config.margin,
+        alpha=config.alpha,
+        ci_level=level,
+        n_documents=clusters.n,
+        budgets=per_budget,
+        budgets_met=budget_report(curves, plan.planned, budgets),
+        by_source=source_table(masked, budgets, meta["source"].astype(str)),
+        run=_run_facts(config, splits, clusters, plan, timings),
     )
-    summary = {
-        "question": QUESTION,
-        "verdict": text,
-        f"{arms.PROPOSAL}_beats_{arms.RIVAL}": {
-            f"{c['budget']:g}": c[f"{arms.PROPOSAL}_vs_{arms.RIVAL}"]["beats"] for c in comparisons
-        },
-        "comparisons": comparisons,
-        "budgets_met": met,
-        "fit_mass": {
-            f"{b:g}": float(m) for b, m in zip(budgets, plan["rules_fit_mass"], strict=True)
-        },
-        "oracle_mass": {
-            f"{b:g}": float(m) for b, m in zip(budgets, plan["oracle_mass"], strict=True)
-        },
-        "qnorm_read_in_masked_pass": {
-            "budget": reference,
-            "planned_keys_frac": planned_ref,
-            "keys_frac_if_read_masked": float(masked.moved[:, 1].sum() / total),
-            "mean_abs_change_keys_frac": float(masked.moved[:, 0].sum() / total),
-            "about": "the qnorm arm's budgets are set from ‖q‖ of the dense pass; these are the "
-            "budgets it would get from ‖q‖ of its own masked pass (same rule and scale)",
-        },
-        "run": {
-            "model": config.model,
-            "corpus": config.corpus,
-            "ctx": config.ctx,
-            "evaluated_positions": f"{config.skip_first}..{config.ctx - 2}",
-            "n_windows": {s: len(w) for s, w in splits.items()},
-            "n_documents": {s: int(document_names(w.meta).nunique()) for s, w in splits.items()},
-            "cluster_unit": clusters.unit,
-            "sink": config.sink,
-            "recent": config.recent,
-            "always_kept_floor": float(plan["always_kept_floor"]),
-            "seed": config.seed,
-            "timings": timings,
-        },
-    }
+    n_layers, n_heads = masked.kept.shape[2:]
     store.write_csv(layout.curves, curves)
-    store.write_csv(
-        layout.per_head, per_head_table(masked, budgets, Rules.from_arrays(plan), plan["log_scale"])
-    )
+    store.write_csv(layout.per_head, per_head_table(masked, budgets))
+    store.write_csv(layout.allocation, allocation_table(plan, n_layers, n_heads))
     log(curves.round(4).to_string(index=False))
-    log(f"Verdict: {text}")
+    log(f"Verdict: {summary.verdict}")
+    met = summary.budgets_met
     if not met["met"]:
         worst, tolerance = met["worst_abs_error"], met["tolerance"]
         log(f"Warning: an arm missed its budget by {worst:.3f} (tolerance {tolerance}).")
-    return RecordedSummary(summary)
+    return summary
 
 
-def _json_ready(value: Any) -> Any:
-    """NaN and infinity become null (JSON has neither)."""
-    if isinstance(value, dict):
-        return {k: _json_ready(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_ready(v) for v in value]
-    if isinstance(value, float | np.floating):
-        return float(value) if np.isfinite(value) else None
-    if isinstance(value, np.integer):
-        return int(value)
-    if isinstance(value, np.bool_):
-        return bool(value)
-    return value
+def _run_facts(
+    config: BudgetConfig,
+    splits: dict[str, Windows],
+    clusters: Clusters,
+    plan: Plan,
+    timings: dict[str, Any],
+) -> dict[str, Any]:
+    return {
+        "model": config.model,
+        "corpus": config.corpus,
+        "ctx": config.ctx,
+        "loss": config.loss,
+        "position_cells": plan.position_cells,
+        "feature_cells": plan.feature_cells,
+        "evaluated_positions": f"{config.skip_first}..{config.ctx - 2}",
+        "n_windows": {s: len(w) for s, w in splits.items()},
+        "n_documents": {s: int(document_names(w.meta).nunique()) for s, w in splits.items()},
+        "cluster_unit": clusters.unit,
+        "sink": config.sink,
+        "recent": config.recent,
+        "always_kept_floor": plan.always_kept_floor,
+        "top_p_mass": {
+            a: dict(zip(map(str, plan.budgets), m, strict=True)) for a, m in plan.top_p_mass.items()
+        },
+        "lambda": {a: list(p.lam) for a, p in plan.fitted.items()},
+        "lambda_calibration": {a: list(p.lam_calibration) for a, p in plan.fitted.items()},
+        "seed": config.seed,
+        "timings": timings,
+    }

@@ -66,11 +66,25 @@ def added_bos_id(tokenizer: Any) -> int | None:
     return int(bos) if with_special[:1] == [bos] and plain[:1] != [bos] else None
 
 
+def control_ids(tokenizer: Any) -> frozenset[int]:
+    """The ids of the tokenizer's special (control) tokens: BOS, EOS, chat markers and the
+    other added tokens marked special. Document text never becomes one of them. The unknown
+    token is left out: it is what text the vocabulary lacks legitimately becomes."""
+    ids = {int(i) for i in getattr(tokenizer, "all_special_ids", ())}
+    decoder = getattr(tokenizer, "added_tokens_decoder", {}) or {}
+    ids |= {int(i) for i, token in decoder.items() if getattr(token, "special", False)}
+    return frozenset(ids - {getattr(tokenizer, "unk_token_id", None)})
+
+
 def tokenize_documents(
     docs: Sequence[Document], tokenizer: Any, *, batch_docs: int = 64
 ) -> tuple[list[np.ndarray], list[np.ndarray] | None]:
     """Token ids (int64 [n]) of each whole document, without special tokens, and the
     character span (int64 [n, 2]) of each token where the tokenizer gives offsets.
+
+    Document text is data: a special-token string in it (``<|im_start|>``, ``<|endoftext|>``,
+    ...) is tokenized as the plain text it is (``split_special_tokens``), never as a control
+    id; a tokenizer that still yields one is an error (`control_ids`).
 
     A whole book is one call to the fast (Rust) tokenizer; documents go in batches so the
     Python lists it returns stay small.
@@ -84,6 +98,7 @@ def tokenize_documents(
             add_special_tokens=False,
             return_attention_mask=False,
             return_offsets_mapping=with_offsets,
+            split_special_tokens=True,
             verbose=False,
         )
         ids.extend(np.asarray(x, dtype=np.int64) for x in enc["input_ids"])
@@ -91,7 +106,21 @@ def tokenize_documents(
             spans.extend(
                 np.asarray(x, dtype=np.int64).reshape(-1, 2) for x in enc["offset_mapping"]
             )
+    _refuse_control_ids(docs, ids, control_ids(tokenizer))
     return ids, (spans if with_offsets else None)
+
+
+def _refuse_control_ids(docs: Sequence[Document], ids: list[np.ndarray], control: frozenset[int]):
+    if not control:
+        return
+    known = np.fromiter(control, dtype=np.int64)
+    for doc, x in zip(docs, ids, strict=True):
+        hits = x[np.isin(x, known)]
+        if hits.size:
+            raise SpectraError(
+                f"The tokenizer turned text of document {doc.doc_id} into the control token id "
+                f"{int(hits[0])} although special tokens were split; use a fast tokenizer."
+            )
 
 
 def select_windows(
@@ -162,7 +191,9 @@ def make_windows(
     BOS convention: the tokenizer's own, the same for every window. If the tokenizer adds a
     BOS token when it encodes text (Llama-3 does), position 0 of every window is BOS and the
     other ctx-1 positions are document tokens; if it adds none (SmolLM2), all ctx positions
-    are document tokens. `Windows.bos` records which.
+    are document tokens. `Windows.bos` records which. Document tokens hold no control id (see
+    `tokenize_documents`), so a window has exactly one BOS, or none; a packed window's only
+    other control ids are the EOS separators between its documents.
 
     Each document is tokenized whole (no special tokens), and windows start every `stride`
     document tokens (default: the window's document length, so windows tile without

@@ -113,6 +113,7 @@ def argument_source(model: Any, spec: AttentionSpec) -> dict[str, Any]:
         "why": "it is the tensor multiplied with the keys: after any QK-norm and RoPE, "
         "before the score scale",
         "kernels": fused.kernel_plan(spec, model.cfg.device),
+        "exactness": fused.exactness_plan(spec, model.cfg.dtype),
     }
 
 

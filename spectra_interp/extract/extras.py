@@ -12,6 +12,7 @@ from torch import Tensor
 
 from spectra_interp.metrics import query_extras, visible_keys
 
+EXTRAS_BLOCK = 32  # sampled queries per block of `layer_extras`
 CAP_EDGE = 1 - 1e-7  # tanh saturates in fp32 past this; atanh of it is finite
 
 # Names of the per-token extras and whether each has a trailing axis of query scales.
@@ -50,12 +51,42 @@ def layer_extras(
     scale: float,
     softcap: float | None,
     window: int | None,
+    block: int = EXTRAS_BLOCK,
 ) -> dict[str, Tensor]:
-    """The extras of one layer for the requested queries, on the CPU."""
-    logits = sampled_logits(q, k, request.positions, scale)
-    allowed = visible_keys(request.positions.to(q.device), k.shape[2], window)[:, None]
-    out = query_extras(logits, allowed, softcap=softcap, scales=request.scales, mass=request.mass)
-    return {name: value.cpu() for name, value in out.items()}
+    """The extras of one layer for the requested queries, on the CPU.
+
+    The sampled positions are taken in increasing order, `block` at a time, each block against
+    only the keys its queries can see (from the earliest key inside the window of its first
+    query to its last query), as the entropy reads only the causal triangle; the results come
+    back in the request's order."""
+    positions = request.positions.to(q.device)
+    order = positions.argsort(dim=-1)
+    ordered = positions.gather(-1, order)
+    n_keys = k.shape[2]
+    blocks: list[dict[str, Tensor]] = []
+    for i0 in range(0, ordered.shape[1], block):
+        rows = ordered[:, i0 : i0 + block]
+        lo = max(int(rows.min()) - window + 1, 0) if window else 0
+        hi = min(int(rows.max()) + 1, n_keys)
+        logits = sampled_logits(q, k[:, :, lo:hi], rows, scale)
+        key = torch.arange(lo, hi, device=q.device)
+        allowed = key <= rows[..., None]
+        if window:
+            allowed &= rows[..., None] - key < window
+        blocks.append(
+            query_extras(
+                logits, allowed[:, None], softcap=softcap, scales=request.scales, mass=request.mass
+            )
+        )
+    back = order.argsort(dim=-1)
+    out = {}
+    for name in blocks[0]:
+        joined = torch.cat([b[name] for b in blocks], dim=2)
+        index = back[:, None, :].expand(*joined.shape[:2], -1)
+        if joined.dim() == 4:
+            index = index[..., None].expand_as(joined)
+        out[name] = joined.gather(2, index).cpu()
+    return out
 
 
 def extras_from_scores(

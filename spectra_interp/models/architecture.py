@@ -86,12 +86,40 @@ REFUSED_GGUF: dict[str, str] = {
     **dict.fromkeys(("t5", "t5encoder", "bert", "nomic-bert", "jina-bert-v2"), NOT_CAUSAL),
 }
 QK_NORM_MODULES = ("q_norm", "q_layernorm")
+WINDOW_FIELD = "sliding_window"
 
 
 def refuse_gguf_architecture(arch: str, name: str) -> None:
     """One sentence for a GGUF whose architecture Spectra cannot measure."""
     if arch in REFUSED_GGUF:
         raise SpectraError(f"{name} holds a {arch} model, which {REFUSED_GGUF[arch]}.")
+
+
+def _sliding_in_use(config: Any) -> bool:
+    layer_types = getattr(config, "layer_types", None)
+    if layer_types:
+        return SLIDING in layer_types
+    return getattr(config, "use_sliding_window", True) is not False
+
+
+def check_window_value(config: Any) -> None:
+    """Refuse a configured window transformers cannot mask correctly (SpectraError).
+
+    A window of w keys lets query t see keys t-w+1 .. t (transformers' `sliding_window_overlay`);
+    w < 1 lets none through, and a fractional w is not a number of keys.
+    """
+    window = getattr(config, WINDOW_FIELD, None)
+    if window is None or not _sliding_in_use(config):
+        return
+    whole = isinstance(window, int) and not isinstance(window, bool)
+    if not whole or window < 1:
+        name = (getattr(config, "architectures", None) or [getattr(config, "model_type", "?")])[0]
+        raise SpectraError(
+            f"Spectra cannot measure {name}: its config field `{WINDOW_FIELD}` = {window!r} is "
+            "not a window transformers can mask (it lets no key, or no whole number of keys, "
+            "through on every sliding layer from layer 0); set it to null for full causal "
+            "attention or to a positive number of keys."
+        )
 
 
 def _reason(config: Any) -> str | None:
@@ -122,11 +150,12 @@ def check_measurable(config: Any, attention_modules: list[Any] | None = None) ->
             reason = NOT_CAUSAL
     if reason:
         raise SpectraError(f"Spectra cannot measure {name}: it {reason}.")
+    check_window_value(config)
 
 
 def layer_windows(config: Any, n_layers: int) -> tuple[int | None, ...]:
     """Each layer's sliding window (None: full causal attention), as transformers masks it."""
-    window = getattr(config, "sliding_window", None)
+    window = getattr(config, WINDOW_FIELD, None)
     window = int(window) if isinstance(window, int) and window > 0 else None
     layer_types = getattr(config, "layer_types", None)
     if layer_types:

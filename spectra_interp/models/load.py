@@ -49,15 +49,42 @@ def pick_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
     return TORCH_DTYPES[dtype]
 
 
-def _random_hf_model(config: Any, seed: int, device: torch.device, dtype: torch.dtype) -> Any:
-    """Fresh weights for `config`, created directly on `device` so 8B models init in seconds."""
+# With random norms, each norm weight is exp(z), z ~ N(0, NORM_LOG_SD^2): positive, a factor
+# of about 1.6 either way, so a normalised query's norm depends on its direction.
+NORM_LOG_SD = 0.5
+
+
+def _random_hf_model(
+    config: Any, seed: int, device: torch.device, dtype: torch.dtype, random_norms: bool = False
+) -> Any:
+    """Fresh weights for `config`, created directly on `device` so 8B models init in seconds;
+    with `random_norms`, the normalisation layers' weights are drawn too (`randomize_norms`)."""
     from transformers import AutoModelForCausalLM
 
     config._attn_implementation = "eager"
     torch.manual_seed(seed)
     with torch.device(device):
         model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation="eager")
+    if random_norms:
+        randomize_norms(model, seed)
     return model.eval()
+
+
+@torch.no_grad()
+def randomize_norms(model: torch.nn.Module, seed: int) -> int:
+    """Set the weight of every normalisation layer (a module whose class name ends in `Norm`,
+    e.g. RMSNorm, LayerNorm, QK-norm) to exp(N(0, NORM_LOG_SD^2)) draws from `seed`; returns
+    how many layers were drawn. Fresh norm weights are all 1, which makes a QK-norm model's
+    ‖q‖ sqrt(head_dim) for every token."""
+    generator = torch.Generator().manual_seed(seed)
+    drawn = 0
+    for module in model.modules():
+        weight = getattr(module, "weight", None)
+        if type(module).__name__.endswith("Norm") and isinstance(weight, torch.nn.Parameter):
+            z = torch.randn(weight.shape, generator=generator) * NORM_LOG_SD
+            weight.copy_(z.exp().to(weight.dtype))
+            drawn += 1
+    return drawn
 
 
 def _pretrained_hf_model(location: str, device_map: str, dtype: torch.dtype) -> Any:
@@ -102,6 +129,7 @@ def load_model(
     dtype: str | torch.dtype = "auto",
     seed: int = 0,
     device_map: str | None = None,
+    random_norms: bool = False,
 ) -> Any:
     """Load `source` as a `TransformerBridge` in eval mode.
 
@@ -110,7 +138,8 @@ def load_model(
     tokenizer files, gets a placeholder tokenizer (`bridge.spectra_placeholder_tokenizer` is
     True): it still runs on token ids, and `load_tokenizer` says clearly why text cannot be.
     `device_map` (e.g. `auto`) spreads a pretrained model too large for one GPU over all visible
-    devices with accelerate; the hooks reduce each layer where it runs.
+    devices with accelerate; the hooks reduce each layer where it runs. `random_norms` (random
+    sources only) also draws the normalisation weights (`randomize_norms`).
     """
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     quiet_transformers()
@@ -122,7 +151,7 @@ def load_model(
     if resolved.random_init:
         config = load_config(source)
         check_measurable(config)
-        hf_model = _random_hf_model(config, seed, torch_device, torch_dtype)
+        hf_model = _random_hf_model(config, seed, torch_device, torch_dtype, random_norms)
         tokenizer, placeholder = _tokenizer_or_placeholder(source)
     else:
         location = pretrained_location(resolved)

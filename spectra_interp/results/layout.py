@@ -151,7 +151,8 @@ class SweepLayout(Layout):
         return self.root / self.ATTENTION
 
 
-BUDGET_SCHEMA_VERSION = 1
+# 2: one loss-optimal allocator (plan.json, allocation.csv) and the typed verdict in summary.json.
+BUDGET_SCHEMA_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -160,17 +161,19 @@ class BudgetLayout(Layout):
 
     Three stages write per-window shards: the dense passes of the calibration and evaluation
     windows (‖q‖ and what the budgets are set from), then every arm and budget on each
-    evaluation window. `plan.npz` (fitted rules, scales, oracle masses) sits between them.
+    evaluation window. `plan.json` (each arm's cells and allocation, the top-p masses) sits between
+    them.
     """
 
-    PLAN = "plan.npz"
+    PLAN = "plan.json"
     CURVES = "budget_curves.csv"
     PER_HEAD = "per_head.csv"
+    ALLOCATION = "allocation.csv"
     # The two disjoint sets of documents, and the stages that write shards.
     CALIBRATION, EVALUATION, MASKED = "calibration", "evaluation", "masked"
     SPLITS = (CALIBRATION, EVALUATION)
     STAGES = (CALIBRATION, EVALUATION, MASKED)
-    OUTPUTS = (Layout.CONFIG, PLAN, CURVES, PER_HEAD, Layout.SUMMARY, Layout.REPORT)
+    OUTPUTS = (Layout.CONFIG, PLAN, CURVES, PER_HEAD, ALLOCATION, Layout.SUMMARY, Layout.REPORT)
     FOLDERS = (Layout.WINDOWS, Layout.SHARDS, Layout.CLAIMS)
     DESCRIPTIONS = {
         Layout.CONFIG: "settings, resume identity, versions, device, dtype, the documents of each "
@@ -178,17 +181,20 @@ class BudgetLayout(Layout):
         f"{Layout.WINDOWS}/<split>/{Layout.TOKENS_FILE}, {Layout.META_FILE}": "token ids of the "
         "calibration and evaluation windows; their source, document and offset",
         f"{Layout.SHARDS}/{CALIBRATION}/window_XXXXX.npz": "dense pass of a calibration window: "
-        "‖q‖ and k_eff of every query",
+        "‖q‖, entropy and every evaluated query's loss at each kept fraction of the grid",
         f"{Layout.SHARDS}/{EVALUATION}/window_XXXXX.npz": "dense pass of an evaluation window: "
-        "‖q‖ and the oracle's keys at a grid of masses (what the budgets are set from)",
+        "‖q‖, entropy and the top-p arms' keys at a grid of masses (what the budgets are set from)",
         f"{Layout.SHARDS}/{MASKED}/window_XXXXX.npz": "every arm and budget on one evaluation "
         "window: per-token KL, NLL and top-1 agreement, keys kept per head (the unit of resume)",
         f"{Layout.CLAIMS}/<stage>/block_XXXXX.json": "a block of windows a live run is computing",
-        PLAN: "the fitted rules, each arm's scale per budget and the oracle's masses",
+        PLAN: "each fitted arm's cells, hulls and allocation per budget (λ), the recency scale "
+        "and the top-p masses",
         CURVES: "one row per (arm, budget), dense once; columns below",
-        PER_HEAD: "one row per (arm, budget, layer, head): the rule and the head's keys kept",
-        Layout.SUMMARY: "the verdict: qnorm against head_position per budget, the gap to the "
-        "oracle closed, the shuffled control, how the budgets were met",
+        PER_HEAD: "one row per (arm, budget, layer, head): the head's keys kept and share",
+        ALLOCATION: "one row per (fitted arm, budget, cell): the fraction the cell keeps",
+        Layout.SUMMARY: "the verdict: the KL ratio qnorm / head_position per budget with its "
+        "interval and call, the shuffled control, the gaps to entropy and the oracle closed, how "
+        "the budgets were met, the breakdown by source",
         Layout.REPORT: "the self-contained report: quality against keys kept, per-head budgets",
     }
 
@@ -208,6 +214,10 @@ class BudgetLayout(Layout):
     @property
     def per_head(self) -> Path:
         return self.root / self.PER_HEAD
+
+    @property
+    def allocation(self) -> Path:
+        return self.root / self.ALLOCATION
 
     def split_tokens(self, split: str) -> Path:
         return self.root / self.WINDOWS / split / self.TOKENS_FILE

@@ -4,6 +4,7 @@ typed object for the report, the notebooks and the tests."""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,15 +42,16 @@ class Shards:
     arrays: SampleArrays
 
 
-def load_shards(layout: SweepLayout, stage: str, window_ids: np.ndarray) -> Shards:
-    """Every window's shard of one model (its stage: `trained` or `random_init`), in window
-    order; the token sample's `model` column names the stage."""
+def checked_shards(
+    layout: SweepLayout, stage: str, window_ids: np.ndarray
+) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
+    """(window id, shard) of one model's stage (`trained` or `random_init`) in window order;
+    every shard must exist and be of this version of the statistics."""
     missing = sorted(set(window_ids.tolist()) - layout.done_windows(stage))
     if missing:
         raise SpectraError(
             f"{layout.root}: {len(missing)} {stage} windows have no shard (e.g. {missing[0]})."
         )
-    stats, frames, samples = [], [], []
     for wid in window_ids.tolist():
         shard = read_shard(layout, stage, wid)
         if int(shard["stats_version"]) != STATS_VERSION:
@@ -57,6 +59,14 @@ def load_shards(layout: SweepLayout, stage: str, window_ids: np.ndarray) -> Shar
                 f"{layout.root}: the shard of window {wid} was written by another version of "
                 "the statistics; rerun with --overwrite."
             )
+        yield wid, shard
+
+
+def load_shards(layout: SweepLayout, stage: str, window_ids: np.ndarray) -> Shards:
+    """Every window's shard of one model (its stage: `trained` or `random_init`), in window
+    order; the token sample's `model` column names the stage."""
+    stats, frames, samples = [], [], []
+    for wid, shard in checked_shards(layout, stage, window_ids):
         stats.append(shard["stats"])
         sample = {
             k.removeprefix(SAMPLE_PREFIX): v

@@ -67,8 +67,32 @@ def read_json(path: Path) -> Any:
 # --- shards ------------------------------------------------------------------------------
 
 
+# Shard arrays that are a window's measurement: all zeros means nothing was measured.
+MEASURED = ("sample_qnorm", "sample_entropy")
+
+
+def check_result(stage: str, window_id: int, arrays: dict[str, np.ndarray]) -> None:
+    """Refuse (SpectraError) a shard with a NaN or infinite number, or a measured array
+    (`MEASURED`) that is all zeros: such a result comes from a broken mask or kernel, and a
+    resume would trust it."""
+    for name, value in arrays.items():
+        a = np.asarray(value)
+        if a.dtype.kind == "f" and not np.isfinite(a).all():
+            raise SpectraError(
+                f"The {stage} result of window {window_id} has {int((~np.isfinite(a)).sum())} "
+                f"NaN or infinite values in `{name}`, so it was not written."
+            )
+        if name in MEASURED and a.size and not a.any():
+            raise SpectraError(
+                f"The {stage} result of window {window_id} is all zeros in `{name}` (every "
+                "layer, head and position), so it was not written."
+            )
+
+
 def write_shard(layout: Layout, stage: str, window_id: int, **arrays: np.ndarray) -> None:
-    """One window's shard of `stage` (a model of the sweep, a stage of Phase 2), atomically."""
+    """One window's shard of `stage` (a model of the sweep, a stage of Phase 2), atomically,
+    after `check_result`."""
+    check_result(stage, window_id, arrays)
     write_npz(layout.shard(stage, window_id), **arrays)
 
 

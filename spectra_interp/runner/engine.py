@@ -103,10 +103,22 @@ class Run:
         """Whether this process is rank 0 (the one that writes shared files and merges)."""
         return self.dist.rank == 0
 
-    def load_model(self, source: str, seed: int, device_map: str | None = None) -> Any:
-        return models.load_model(
-            source, device=str(self.device), dtype=self.dtype, seed=seed, device_map=device_map
-        )
+    def load_model(
+        self,
+        source: str,
+        seed: int,
+        windows: Windows,
+        device_map: str | None = None,
+        random_norms: bool = False,
+    ) -> Any:
+        """`source` on this run's device and dtype, its masks checked on the first of `windows`
+        (`models.check_masks`, SpectraError) before any of its shards is written."""
+        model = models.load_model(
+            source, device=str(self.device), dtype=self.dtype, seed=seed, device_map=device_map,
+            random_norms=random_norms,
+        )  # fmt: skip
+        models.check_masks(model, torch.from_numpy(windows.tokens[0]))
+        return model
 
     def share_files(self, names: list[str]) -> None:
         """Rank 0's copies of `names` (relative to the folder) to every rank on another machine."""
@@ -176,6 +188,7 @@ def _run(experiment: Experiment, dist: Dist, log: Log) -> Path:
     device = models.pick_device(dist.device_for(config.device))
     run = Run(config, layout, dist, device, models.pick_dtype(config.dtype, device), log)
     hf_config = models.load_config(config.model)
+    models.check_measurable(hf_config)
     check_context(config, hf_config)
     needed = experiment.disk_bytes(hf_config)
     if run.main:

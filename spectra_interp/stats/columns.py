@@ -14,6 +14,8 @@ HEAD_COLUMNS: dict[str, str] = {
     "n_windows": "windows that contributed tokens",
     "cluster_unit": "the unit of the jackknife and bootstrap: document (8 or more) or window",
     "n_clusters": "how many clusters (documents or windows) the inference resampled",
+    "degenerate": "why the head's statistics are undefined: constant ‖q‖ and/or constant H "
+    "(relative spread at rounding level, see README: Degenerate heads); empty: measured",
     "pearson_r": "Pearson r(‖q‖, H) over all pooled tokens; H1 predicts r < 0",
     "pearson_r_log": "Pearson r(log‖q‖, H)",
     "spearman_rho": "Spearman ρ(‖q‖, H) on the token sample",

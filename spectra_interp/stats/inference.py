@@ -85,6 +85,16 @@ def jackknife_p_value(
     return np.where(np.isfinite(r), p, np.nan), se
 
 
+def bootstrap_counts(
+    n_clusters: int, n_boot: int, seed: Seed = 0
+) -> Float[np.ndarray, "boot cluster"]:
+    """The cluster bootstrap's resamples: per replicate, how often each cluster is drawn (W draws
+    with replacement), from ``np.random.default_rng(seed)``. Every CI of a run uses these."""
+    rng = np.random.default_rng(seed)
+    uniform = np.full(n_clusters, 1.0 / n_clusters)
+    return rng.multinomial(n_clusters, uniform, size=n_boot).astype(np.float64)
+
+
 def bootstrap_ci(
     stats: Float[np.ndarray, "cluster ... column"],
     statistic: Statistic,
@@ -111,10 +121,7 @@ def bootstrap_ci(
         return nan, nan
     if not 0 < level < 1:
         raise SpectraError(f"The confidence level must be in (0, 1), got {level}.")
-    rng = np.random.default_rng(seed)
-    counts = rng.multinomial(n_clusters, np.full(n_clusters, 1.0 / n_clusters), size=n_boot).astype(
-        np.float64
-    )
+    counts = bootstrap_counts(n_clusters, n_boot, seed)
     flat = s.reshape(n_clusters, -1)
     boots = np.empty((n_boot, *shape))
     for start in range(0, n_boot, chunk):

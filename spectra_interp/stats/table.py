@@ -45,6 +45,8 @@ def head_table(
     seed: int = 0,
     criteria: Criteria | None = None,
     ci_level: float = CI_LEVEL,
+    degenerate: np.ndarray | None = None,
+    random_init_degenerate: np.ndarray | None = None,
 ) -> pd.DataFrame:
     """One row per (layer, head) from per-window statistics stacked as ``[window, layer, head,
     moment]`` (a list of per-window arrays works too); the columns are `HEAD_COLUMNS`.
@@ -52,7 +54,10 @@ def head_table(
     Inference (jackknife p, bootstrap CIs) resamples `clusters` (default: each window its own);
     ``spearman_rho`` uses the token sample frame and the span and temperature columns the
     stacked sample (NaN without them); ``random_init_r`` is NaN without the random-init
-    statistics; ``passes`` applies `criteria` (default: the seed's).
+    statistics; ``passes`` applies `criteria` (default: the seed's). `degenerate` (``[layer,
+    head]`` reasons from `stats.degenerate.degenerate_reasons`, "" for a measured head) leaves
+    those heads out: their statistics are NaN, they never pass and they are not in the FDR
+    family; `random_init_degenerate` does the same to ``random_init_r``.
     """
     criteria = criteria or Criteria()
     s = np.asarray(trained_stats, dtype=np.float64)
@@ -70,6 +75,11 @@ def head_table(
     pooled = correlations(s.sum(0))
     ci_low, ci_high = r_bootstrap_ci(per_cluster, n_boot=n_boot, seed=seed, level=ci_level)
     p_jackknife, se = jackknife_p_value(per_cluster)
+    reasons = np.full((n_layers, n_heads), "", dtype=object)
+    if degenerate is not None:
+        reasons = np.asarray(degenerate, dtype=object).reshape(n_layers, n_heads)
+    left_out = reasons != ""
+    p_jackknife = np.where(left_out, np.nan, p_jackknife)
     q = fdr_q_values(p_jackknife.ravel()).reshape(p_jackknife.shape)
     within = clusters.sum(within_columns(s))
     d_low, d_high = bootstrap_ci(within, delta_r2, n_boot=n_boot, seed=seed, level=ci_level)
@@ -90,7 +100,10 @@ def head_table(
                 f"random_init_stats {rs.shape} do not match trained_stats {s.shape} per window."
             )
         random_r = r_xy(rs.sum(0)[..., R_XY_MOMENTS])
-    r = pooled["pearson_r"]
+        if random_init_degenerate is not None:
+            control_out = np.asarray(random_init_degenerate, dtype=object) != ""
+            random_r = np.where(control_out.reshape(random_r.shape), np.nan, random_r)
+    r = np.where(left_out, np.nan, pooled["pearson_r"])
     r_within, perm_within = within_window_r(s)
     layer, head = np.meshgrid(np.arange(n_layers), np.arange(n_heads), indexing="ij")
     columns = {
@@ -100,6 +113,7 @@ def head_table(
         "n_windows": (s[..., Moment.N] > 0).sum(0).astype(np.int64),
         "cluster_unit": np.full((n_layers, n_heads), clusters.unit),
         "n_clusters": np.full((n_layers, n_heads), clusters.n, dtype=np.int64),
+        "degenerate": reasons,
         "pearson_r": r,
         "pearson_r_log": pooled["pearson_r_log"],
         "spearman_rho": spearman,
@@ -131,4 +145,16 @@ def head_table(
     }
     if list(columns) != list(HEAD_COLUMNS):
         raise AssertionError("head_table's columns drifted from stats.columns.HEAD_COLUMNS")
+    for name in UNDEFINED_WHEN_DEGENERATE:
+        columns[name] = np.where(left_out, np.nan, columns[name])
     return pd.DataFrame({k: np.asarray(v).ravel() for k, v in columns.items()})
+
+
+# The statistics of r(‖q‖, H) that a degenerate head does not have (its counts, means and the
+# control's r stay; `passes` is False and `sign` "none" because r is NaN).
+UNDEFINED_WHEN_DEGENERATE = (
+    "pearson_r_log", "spearman_rho", "partial_r_position", "pearson_r_norm_entropy", "ci_low",
+    "ci_high", "p_naive", "p_jackknife", "se_fisher_z", "q_fdr", "perm_r", "within_window_r",
+    "perm_r_within", "r_max_attn", "r_log_keff", "auroc_low_entropy", "delta_r2",
+    "delta_r2_ci_low", "delta_r2_ci_high", "slope_obs", "gain_entropy", "temperature_share",
+)  # fmt: skip

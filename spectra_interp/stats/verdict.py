@@ -15,10 +15,12 @@ import pandas as pd
 from spectra_interp.errors import SpectraError
 from spectra_interp.records import finite_or_none, from_json, to_json
 from spectra_interp.stats.criteria import Criteria
+from spectra_interp.stats.degenerate import degenerate_summary, measurable
 from spectra_interp.stats.inference import CI_LEVEL
 
 HYPOTHESIS = "H1: corr(‖q‖, attention entropy) < 0 per head"
 BEST_SHOWN = 5
+DEGENERATE_SHOWN = 12
 
 
 # --- the record ------------------------------------------------------------------------------
@@ -97,11 +99,17 @@ class Checks:
 
 @dataclass(frozen=True)
 class RandomInitControl:
+    """The random-init model's r, and whether it can serve as a control at all
+    (`stats.degenerate.control_usability`; None when that was not checked)."""
+
     available: bool
     mean_r: float | None
     mean_abs_r: float | None
     max_abs_r: float | None
     heads_abs_r_ge_threshold: int
+    usable: bool | None = None
+    constant_qnorm_heads: int | None = None
+    reason: str | None = None
 
 
 @dataclass(frozen=True)
@@ -168,6 +176,21 @@ class BeyondR:
 
 
 @dataclass(frozen=True)
+class DegenerateHead:
+    layer: int
+    head: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class Degenerate:
+    """The heads left out of every count, share, mean and median (`stats.degenerate`)."""
+
+    count: int = 0
+    heads: list[DegenerateHead] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
 class RunFacts:
     """What the run was: model, corpus, windows, clusters, controls, seed, timings."""
 
@@ -191,6 +214,7 @@ class Verdict:
     hypothesis: str
     thresholds: Criteria
     heads_total: int
+    heads_measured: int
     heads_with_r: int
     passing: Passing
     per_layer: list[LayerRow]
@@ -198,6 +222,7 @@ class Verdict:
     criteria: Checks
     all_criteria_met: bool
     beyond_r: BeyondR | None = None
+    degenerate: Degenerate = field(default_factory=Degenerate)
     run: RunFacts | None = None
 
     def to_json(self) -> dict[str, Any]:
@@ -205,8 +230,10 @@ class Verdict:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Verdict:
-        """A summary.json read back (the defaults for a folder that recorded no thresholds)."""
-        return from_json(cls, {"thresholds": {}, **data}, "summary.json")
+        """A summary.json read back (the defaults for a folder that recorded no thresholds or
+        degenerate heads: every head measured)."""
+        defaults = {"thresholds": {}, "heads_measured": data.get("heads_total")}
+        return from_json(cls, {**defaults, **data}, "summary.json")
 
     def text(self) -> str:
         """A few printable lines: the counts, each criterion, the controls, beyond r."""
@@ -316,7 +343,7 @@ def _checks(table: pd.DataFrame, m: _Masks, criteria: Criteria, perm_column: str
 RANDOMIZATION_STATS = (("mean", _mean, False), ("mean_abs", _mean, True), ("max_abs", _max, True))
 
 
-def _controls(table: pd.DataFrame, m: _Masks, criteria: Criteria) -> Controls:
+def _controls(table: pd.DataFrame, m: _Masks, criteria: Criteria, control: dict | None) -> Controls:
     r, random_r = table["pearson_r"], table["random_init_r"]
     partial = table["partial_r_position"]
     return Controls(
@@ -332,6 +359,7 @@ def _controls(table: pd.DataFrame, m: _Masks, criteria: Criteria) -> Controls:
             mean_abs_r=_mean(random_r.abs()),
             max_abs_r=_max(random_r.abs()),
             heads_abs_r_ge_threshold=int((random_r.abs() >= criteria.r_threshold).sum()),
+            **(control or {}),
         ),
         position=PositionControl(
             mean_abs_r=_mean(r.abs()),
@@ -355,6 +383,7 @@ def verdict(
     perm_column: str = "perm_r",
     ci_level: float = CI_LEVEL,
     run: RunFacts | None = None,
+    control: dict | None = None,
 ) -> Verdict:
     """Summary of a ``head_table`` against the seed's success criteria.
 
@@ -371,9 +400,14 @@ def verdict(
       any between-window association (documents differing in both mean ‖q‖ and mean H), so it
       can miss the tolerance on real data without a bug; ``perm_column="perm_r_within"`` is the
       exact null (expectation 0). Both are reported when the table has them.
-    The random-init, position and within-window numbers are reported, not criteria. Raises
-    SpectraError when the table lacks a column these need.
+    The random-init, position and within-window numbers are reported, not criteria.
+    Degenerate heads (`stats.degenerate`) are left out of every count, share, mean and median
+    and listed under ``degenerate``; `control` (`stats.degenerate.control_usability` of the
+    random-init model) says whether that control can serve as one. Raises SpectraError when the
+    table lacks a column these need.
     """
+    left_out = degenerate_summary(table)
+    table = measurable(table)
     criteria = criteria or Criteria()
     need = {"layer", "head", "pearson_r", "q_fdr", perm_column, "random_init_r"}
     need |= {"partial_r_position"}
@@ -385,14 +419,18 @@ def verdict(
     return Verdict(
         hypothesis=HYPOTHESIS,
         thresholds=criteria,
-        heads_total=len(table),
+        heads_total=len(table) + left_out["count"],
+        heads_measured=len(table),
         heads_with_r=int(table["pearson_r"].notna().sum()),
         passing=_counts(masks, len(table)),
         per_layer=_per_layer(table, masks),
-        controls=_controls(table, masks, criteria),
+        controls=_controls(table, masks, criteria, control),
         criteria=checks,
         all_criteria_met=all(c.met for _, c in checks.items()),
         beyond_r=beyond_r(table, criteria, ci_level),
+        degenerate=Degenerate(
+            count=left_out["count"], heads=[DegenerateHead(**h) for h in left_out["heads"]]
+        ),
         run=run,
     )
 
@@ -478,6 +516,8 @@ def _controls_line(ctl: Controls) -> str:
         if ri.available
         else "random-init control not run"
     )
+    if ri.usable is False:
+        ri_text = f"the random-init model cannot serve as a control: {ri.reason}"
     return (
         f"Controls: perm r mean {_fmt(rnd.get('mean_perm_r'), '+.4f')}, max |.| "
         f"{_fmt(rnd.get('max_abs_perm_r'))} (window means removed: mean "
@@ -491,11 +531,14 @@ def _controls_line(ctl: Controls) -> str:
 def _text(summary: Verdict) -> str:
     p = summary.passing
     share_neg = "n/a" if p.share_negative is None else f"{p.share_negative:.0%}"
+    n_left = summary.degenerate.count
+    left_out = f" ({n_left} degenerate, left out)" if n_left else ""
     lines = [
-        f"Heads: {summary.heads_total}; passing ({summary.thresholds.describe()}): {p.total} "
-        f"({p.negative} negative, {p.positive} positive; {share_neg} negative).",
+        f"Heads: {summary.heads_total}{left_out}; passing ({summary.thresholds.describe()}): "
+        f"{p.total} ({p.negative} negative, {p.positive} positive; {share_neg} negative).",
         *(_criterion_line(name, crit) for name, crit in summary.criteria.items()),
         _controls_line(summary.controls),
+        *degenerate_lines(summary.degenerate),
         "Verdict: all seed criteria met." if summary.all_criteria_met else "Verdict: not met.",
     ]
     extra = summary.beyond_r
@@ -512,6 +555,20 @@ def _text(summary: Verdict) -> str:
             f"{_fmt(ts.q75, '.2f')}); best AUROC for sharp attention: {best or 'n/a'}.",
         ]
     return "\n".join(lines)
+
+
+def degenerate_lines(found: Degenerate) -> list[str]:
+    """The heads left out as degenerate, as one printable line (none: no line)."""
+    if not found.count:
+        return []
+    shown = found.heads[:DEGENERATE_SHOWN]
+    named = ", ".join(f"L{h.layer}H{h.head} ({h.reason})" for h in shown)
+    n_more = len(found.heads) - DEGENERATE_SHOWN
+    more = f" and {n_more} more" if n_more > 0 else ""
+    return [
+        f"Degenerate heads left out of every count, median and criterion: {found.count}: "
+        f"{named}{more}."
+    ]
 
 
 def interpretation(summary: Verdict) -> list[str]:

@@ -1,51 +1,47 @@
 """A Phase 2 results folder -> one self-contained `report.html` (plotly.js inline).
 
-The page holds the verdict, quality against keys kept (one line per arm, with document-bootstrap
-intervals), the memory cost of GQA unions, and a per-head view of each arm's budget. Everything
-comes from the folder (budget_curves.csv, per_head.csv, summary.json, config.json); no model is
-loaded and the page fetches nothing. The page is `templates/budget_report.html.j2` with its
+The page holds the verdict (the KL ratio qnorm / head_position per budget with its interval and
+the equivalence margin), quality against keys kept (one line per arm, with document-bootstrap
+intervals), the memory cost of GQA unions, a per-head view of each arm's budget and a heatmap of
+each head's allocated fraction by position bin. Everything comes from the folder
+(budget_curves.csv, per_head.csv, allocation.csv, summary.json, config.json); no model is loaded
+and the page fetches nothing. The page is `templates/budget_report.html.j2` with its
 script and stylesheet beside it (and the sweep report's stylesheet).
 """
 
 from __future__ import annotations
 
-import html
-import json
 from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
-from markupsafe import Markup
-from plotly.offline import get_plotlyjs
 
-from spectra_interp.budget.arms import ARMS, BOUND, CONTROL, DENSE, PROPOSAL, RIVAL
-from spectra_interp.budget.curves import CURVE_COLUMNS, PER_HEAD_COLUMNS
+from spectra_interp.budget.arms import (
+    ARMS,
+    BOUND,
+    CEILING,
+    CONTROL,
+    DENSE,
+    FITTED,
+    POSITION,
+    PROPOSAL,
+    REGISTRY,
+    RIVAL,
+)
+from spectra_interp.budget.curves import ALLOCATION_COLUMNS, CURVE_COLUMNS, PER_HEAD_COLUMNS
+from spectra_interp.budget.verdict import Summary
 from spectra_interp.errors import SpectraError
 from spectra_interp.results.layout import BudgetLayout
 from spectra_interp.results.load import read_json_object
 from spectra_interp.results.store import write_text
-from spectra_interp.viz.report import (
-    asset,
-    flat_config,
-    json_for_script,
-    labelled,
-    render_value,
-    template_environment,
-)
+from spectra_interp.viz.figures import TEMPLATE
+from spectra_interp.viz.page import fig_json, render_page
+from spectra_interp.viz.provenance import flat_config, labelled
 
-ARM_COLORS = {
-    DENSE: "#000000",
-    "uniform": "#7f7f7f",
-    "head": "#8c564b",
-    "head_position": "#1f77b4",
-    "qnorm": "#d62728",
-    "qnorm_shuffled": "#ff9896",
-    "oracle_top_p": "#2ca02c",
-    "sink_local": "#9467bd",
-}
-ARM_DASH = {CONTROL: "dash", BOUND: "dot", "sink_local": "dashdot"}
+ARM_COLORS = {name: arm.colour for name, arm in REGISTRY.items()}
+ARM_DASH = {name: arm.dash for name, arm in REGISTRY.items()}
 # (column, axis title) of each quality-against-keys figure.
 QUALITY_FIGURES = (
     ("kl_mean", "next-token KL(dense ‖ arm), nats"),
@@ -91,17 +87,16 @@ def quality_figure(curves: pd.DataFrame, column: str, title: str) -> go.Figure:
                 error_y=error,
                 mode="lines+markers",
                 name=arm,
-                line={"color": ARM_COLORS[arm], "dash": ARM_DASH.get(arm, "solid")},
+                line={"color": ARM_COLORS[arm], "dash": ARM_DASH[arm]},
                 hovertemplate=f"{arm}<br>keys kept %{{x:.3f}}<br>{column} %{{y:.4g}}"
                 "<extra></extra>",
             )
         )
     fig.update_layout(
+        template=TEMPLATE,
         title={"text": title},
         xaxis_title="keys kept (mean fraction of visible keys)",
         yaxis_title=title,
-        height=380,
-        margin={"l": 60, "r": 10, "t": 40, "b": 50},
         legend={"orientation": "h", "y": -0.25},
     )
     if log_y:
@@ -118,56 +113,88 @@ def head_grids(per_head: pd.DataFrame) -> dict[str, dict[str, list]]:
     return out
 
 
-def rule_grids(per_head: pd.DataFrame) -> dict[str, dict[str, list]]:
-    """Per budget, the qnorm rule's slope on log‖q‖ and its gain in R² over head_position, per
-    head (each budget has its own rules)."""
-
-    def grid(arm: str, budget: float, column: str) -> np.ndarray:
-        rows = per_head[(per_head["arm"] == arm) & (per_head["budget"] == budget)]
-        return rows.pivot(index="layer", columns="head", values=column).sort_index().to_numpy()
-
-    def clean(a: np.ndarray) -> list:
-        return np.where(np.isfinite(a), a.round(5), np.array(None)).tolist()
-
-    return {
-        f"{b:g}": {
-            "slope": clean(grid(PROPOSAL, b, "slope_log_qnorm")),
-            "r2_gain": clean(grid(PROPOSAL, b, "fit_r2") - grid(RIVAL, b, "fit_r2")),
+def allocation_grids(allocation: pd.DataFrame) -> dict[str, dict[str, dict]]:
+    """Per fitted arm with position cells and budget: each head's allocated fraction by position
+    bin (feature bins averaged, weighted by their calibration queries), rows layer.head."""
+    out: dict[str, dict[str, dict]] = {}
+    for (arm, budget), g in allocation.groupby(["arm", "budget"], sort=False):
+        if POSITION not in REGISTRY[str(arm)].cells:
+            continue
+        weight = g["calibration_queries"].clip(lower=1e-9)
+        g = g.assign(w=weight, wf=weight * g["fraction"])
+        cell = g.groupby(["layer", "head", "position_bin"])[["w", "wf"]].sum()
+        grid = (cell["wf"] / cell["w"]).unstack("position_bin").sort_index()
+        out.setdefault(str(arm), {})[f"{budget:g}"] = {
+            "z": grid.to_numpy().round(4).tolist(),
+            "rows": [f"L{layer}.H{head}" for layer, head in grid.index],
         }
-        for b in sorted(per_head["budget"].unique())
-    }
+    return out
 
 
-def comparison_rows(summary: dict) -> list[dict]:
-    """Per budget: qnorm against head_position, and the gap to the oracle closed."""
+def _interval(i: dict | None, percent: bool = False) -> str:
+    if not i or i.get("point") is None:
+        return "—"
+    scale, fmt = (100, "{:.0f}%") if percent else (1, "{:.3f}")
+
+    def f(v: float | None) -> str:
+        return "—" if v is None else fmt.format(scale * v)
+
+    return f"{f(i['point'])} [{f(i.get('low'))}, {f(i.get('high'))}]"
+
+
+def comparison_rows(summary: Summary) -> list[dict]:
+    """Per budget: the ratio and its call, the control, the gaps closed."""
     rows = []
-    for c in summary.get("comparisons", []):
-        test = c.get(f"{PROPOSAL}_vs_{RIVAL}", {})
-        closed = c.get(f"{PROPOSAL}_gap_closed", {})
-        control = c.get(f"{CONTROL}_gap_closed", {})
-
-        def pct(d: dict, key: str = "share") -> str:
-            v = d.get(key)
-            return "—" if v is None else f"{100 * v:.0f}%"
-
+    for v in summary.budgets:
         rows.append(
             {
-                "budget": f"{c.get('budget', float('nan')):g}",
-                "diff": _formatted(test.get("kl_diff"), "{:+.2e}"),
-                "p": _formatted(test.get("p_one_sided"), "{:.3g}"),
-                "beats": bool(test.get("beats")),
-                "closed": f"{pct(closed)} [{pct(closed, 'ci_low')}, {pct(closed, 'ci_high')}]",
-                "control": pct(control),
+                "budget": f"{v.budget:g}",
+                "ratio": _interval(v.ratio.__dict__),
+                "call": v.call,
+                "decide": "—" if v.documents_to_decide is None else str(v.documents_to_decide),
+                "p": _formatted(v.qnorm_vs_control.get("p_one_sided"), "{:.3g}"),
+                "entropy": _interval(v.entropy_gap_closed.__dict__, percent=True),
+                "oracle": _interval(v.oracle_gap_closed.__dict__, percent=True),
             }
         )
     return rows
+
+
+def ratio_figure(summary: Summary) -> go.Figure:
+    """The KL ratio qnorm / head_position per budget with its interval, the margin shaded."""
+    fig = go.Figure()
+    x = [v.budget for v in summary.budgets]
+    point = [v.ratio.point for v in summary.budgets]
+    fig.add_trace(
+        go.Scatter(
+            x=x, y=point, mode="markers", name="ratio",
+            marker={"color": ARM_COLORS[PROPOSAL], "size": 9},
+            error_y={
+                "type": "data", "thickness": 1,
+                "array": [(v.ratio.high or p) - p if p is not None else 0
+                          for v, p in zip(summary.budgets, point, strict=True)],
+                "arrayminus": [p - (v.ratio.low or p) if p is not None else 0
+                               for v, p in zip(summary.budgets, point, strict=True)],
+            },
+            hovertemplate="budget %{x}<br>ratio %{y:.3f}<extra></extra>",
+        )
+    )  # fmt: skip
+    m = summary.margin
+    fig.add_hrect(y0=1 - m, y1=1 + m, fillcolor="#2ca02c", opacity=0.12, line_width=0)
+    fig.add_hline(y=1, line_dash="dot", line_color="#555")
+    fig.update_layout(
+        title={"text": f"KL {PROPOSAL} / {RIVAL}, {100 * summary.ci_level:g}% CI, margin ±{m:g}"},
+        template=TEMPLATE, xaxis_title="budget", yaxis_title="KL ratio", height=340,
+        showlegend=False,
+    )  # fmt: skip
+    return fig
 
 
 def _formatted(value: object, fmt: str) -> str:
     return fmt.format(value) if isinstance(value, int | float) and np.isfinite(value) else "—"
 
 
-def run_line(config: dict, folder: Path) -> str:
+def run_parts(config: dict, folder: Path) -> list[tuple[str, str]]:
     """model · corpus · context · windows · documents · device ... from config.json."""
     parts = labelled(
         flat_config(config),
@@ -179,15 +206,12 @@ def run_line(config: dict, folder: Path) -> str:
     )  # fmt: skip
     windows = config.get("n_windows")
     if isinstance(windows, dict):
-        parts.append(
-            "<b>windows</b> " + html.escape(", ".join(f"{k} {v}" for k, v in windows.items()))
-        )
+        parts.append(("windows", ", ".join(f"{k} {v}" for k, v in windows.items())))
     documents = config.get("documents")
     if isinstance(documents, dict):
-        counts = ", ".join(f"{k} {len(v)}" for k, v in documents.items())
-        parts.append(f"<b>documents</b> {html.escape(counts)}")
-    parts.append(f"<b>folder</b> {html.escape(folder.name)}")
-    return " · ".join(parts)
+        parts.append(("documents", ", ".join(f"{k} {len(v)}" for k, v in documents.items())))
+    parts.append(("folder", folder.name))
+    return parts
 
 
 def budget_report_html(folder: str | Path) -> str:
@@ -197,45 +221,51 @@ def budget_report_html(folder: str | Path) -> str:
         raise SpectraError(f"results folder {layout.root} does not exist.")
     curves = _read_csv(layout.curves, CURVE_COLUMNS)
     per_head = _read_csv(layout.per_head, PER_HEAD_COLUMNS)
-    summary, config = read_json_object(layout.summary), read_json_object(layout.config)
+    allocation = _read_csv(layout.allocation, ALLOCATION_COLUMNS)
+    raw_summary, config = read_json_object(layout.summary), read_json_object(layout.config)
+    summary = Summary.from_json(raw_summary)
     budgets = sorted(float(b) for b in per_head["budget"].unique())
     data = {
         "figures": {
-            column: json.loads(quality_figure(curves, column, title).to_json())
+            column: fig_json(quality_figure(curves, column, title))
             for column, title in QUALITY_FIGURES
         },
         "arms": [a for a in ARMS if a in set(per_head["arm"])],
         "budgets": [f"{b:g}" for b in budgets],
+        "ratio": fig_json(ratio_figure(summary)),
         "heads": head_grids(per_head),
-        "rules": rule_grids(per_head),
+        "allocation": allocation_grids(allocation),
+        "allocation_arms": [a for a in FITTED if POSITION in REGISTRY[a].cells],
+        "initial_allocation": RIVAL,
         "initial": {"arm": PROPOSAL, "budget": f"{budgets[len(budgets) // 2]:g}"},
+        "template": fig_json(go.Figure(layout={"template": TEMPLATE}))["layout"]["template"],
     }
     table = curves.round(5).replace({np.nan: None})
-    return (
-        template_environment()
-        .get_template("budget_report.html.j2")
-        .render(
-            model=str(flat_config(config).get("model", "")),
-            run_line=Markup(run_line(config, layout.root)),
-            question=summary.get("question"),
-            verdict=summary.get("verdict", "summary.json holds no verdict."),
-            comparisons=comparison_rows(summary),
-            rival=RIVAL,
-            proposal=PROPOSAL,
-            bound=BOUND,
-            control=CONTROL,
-            level=flat_config(config).get("alpha", "n/a"),
-            columns=CURVE_COLUMNS,
-            rows=table.to_dict("records"),
-            budgets_met=Markup(render_value(summary.get("budgets_met", {}))),
-            moved=Markup(render_value(summary.get("qnorm_read_in_masked_pass", {}))),
-            summary_html=Markup(render_value(summary)),
-            config_html=Markup(render_value(config)),
-            css=asset("report.css") + asset("budget_report.css"),
-            app_js=asset("budget_report.js"),
-            plotly_js=Markup(get_plotlyjs()),
-            data=Markup(json_for_script(data)),
-        )
+    return render_page(
+        "budget_report.html.j2",
+        css=["report.css", "budget_report.css"],
+        app_js="budget_report.js",
+        data=data,
+        model=str(flat_config(config).get("model", "")),
+        run_parts=run_parts(config, layout.root),
+        question=summary.question,
+        verdict=summary.verdict,
+        comparisons=comparison_rows(summary),
+        rival=RIVAL,
+        proposal=PROPOSAL,
+        bound=BOUND,
+        control=CONTROL,
+        ceiling=CEILING,
+        level=f"{100 * summary.ci_level:g}%",
+        alpha=summary.alpha,
+        margin=summary.margin,
+        columns=CURVE_COLUMNS,
+        rows=table.to_dict("records"),
+        budgets_met=summary.budgets_met,
+        by_source=summary.by_source,
+        arms=ARMS,
+        summary=raw_summary,
+        config=config,
     )
 
 

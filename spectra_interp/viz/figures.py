@@ -13,13 +13,25 @@ from dataclasses import dataclass, replace
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
+import plotly.io as pio
 from jaxtyping import Bool, Float, Int
+from plotly.colors import diverging
 from plotly.subplots import make_subplots
 
 from spectra_interp.stats.columns import CI
 from spectra_interp.stats.criteria import Criteria
+from spectra_interp.stats.degenerate import measurable
 
-TEMPLATE = "plotly_white"
+# Every figure's look in one registered template: plotly_white with the pages' margins, titles
+# left-aligned in 14 px (long titles stay clear of the toolbar on the right).
+TEMPLATE = "spectra"
+pio.templates[TEMPLATE] = go.layout.Template(pio.templates["plotly_white"]).update(
+    layout={
+        "margin": {"l": 60, "r": 20, "t": 60, "b": 50},
+        "title": {"x": 0, "xref": "paper", "xanchor": "left", "font": {"size": 14}},
+        "height": 380,
+    }
+)
 NEGATIVE = "#c0392b"
 POSITIVE = "#2e6da4"
 # The two per-query quantities, drawn in the same colours in every figure that shows both.
@@ -36,14 +48,19 @@ def _as_float(value: object) -> float:
     return out
 
 
-def passes_mask(table: pd.DataFrame) -> Bool[np.ndarray, " row"]:
-    """The `passes` column as booleans (CSV round-trips and missing columns tolerated)."""
-    if "passes" not in table:
+def bool_column(table: pd.DataFrame, name: str) -> Bool[np.ndarray, " row"]:
+    """A yes/no column as booleans (CSV round-trips tolerated; a missing column is all False)."""
+    if name not in table:
         return np.zeros(len(table), dtype=bool)
-    col = table["passes"]
+    col = table[name]
     if col.dtype == bool:
         return col.to_numpy()
     return col.astype(str).str.strip().str.lower().isin(["true", "1", "yes"]).to_numpy()
+
+
+def passes_mask(table: pd.DataFrame) -> Bool[np.ndarray, " row"]:
+    """The `passes` column as booleans."""
+    return bool_column(table, "passes")
 
 
 def sign_of(table: pd.DataFrame) -> Int[np.ndarray, " row"]:
@@ -210,8 +227,8 @@ def density_figure(d: Density, title: str = "") -> go.Figure:
         xaxis_title="‖q‖",
         yaxis_title="H (nats)",
         showlegend=False,
-        margin={"l": 60, "r": 20, "t": 50, "b": 50},
         height=420,
+        margin={"t": 72},
     )
     return fig
 
@@ -317,7 +334,7 @@ def position_figure(profile: pd.DataFrame, title: str = "") -> go.Figure:
         template=TEMPLATE,
         title={"text": title},
         height=420,
-        margin={"l": 60, "r": 20, "t": 50, "b": 50},
+        margin={"t": 72},
         legend={"orientation": "h", "y": -0.18},
     )
     fig.update_yaxes(title_text="‖q‖", row=1, col=1)
@@ -334,26 +351,50 @@ def _fade(hex_color: str, alpha: float = 0.25) -> str:
 # --- the whole model -----------------------------------------------------------------------
 
 
+# Diverging scales as explicit colour lists, low values red and high values blue (as the
+# "passing, r < 0" and "r > 0" bars), so plotly.js never substitutes its own reversed RdBu.
+RED_BLUE = [[i / (len(diverging.RdBu) - 1), c] for i, c in enumerate(diverging.RdBu)]
+PURPLE_ORANGE = [[i / (len(diverging.PuOr) - 1), c] for i, c in enumerate(diverging.PuOr)]
+
+
 @dataclass(frozen=True)
 class Metric:
-    """One colouring of the layer x head map."""
+    """One colouring of the layer x head map: a fixed range [zmin, zmax] centred on `zmid`
+    (the same colours for the same value in every run and after every switch). A head outside
+    the range is painted in the end colour and marked ▲ (above) or ▼ (below)."""
 
     label: str
+    short: str
     zmin: float
     zmax: float
-    colorscale: str = "RdBu"
+    zmid: float = 0.0
+    colorscale: tuple = tuple(map(tuple, RED_BLUE))
+
+    def scale_note(self) -> str:
+        """The range in words, as the page prints it under the map."""
+        return (
+            f"{self.label}: colour range {self.zmin:g} to {self.zmax:g}, centred on "
+            f"{self.zmid:g}; ▲ above and ▼ below the range."
+        )
 
 
 # The heatmap's metric switch: column (or derived name) -> how to colour it.
 HEATMAP_METRICS: dict[str, Metric] = {
-    "pearson_r": Metric("Pearson r(‖q‖, H)", -1, 1),
-    "partial_r_position": Metric("partial r given keys seen", -1, 1),
-    "pearson_r_norm_entropy": Metric("r with H / log(keys seen)", -1, 1),
-    "random_init_r": Metric("random-init r", -1, 1),
-    "trained_minus_random": Metric("trained r − random-init r", -1, 1),
-    "delta_r2": Metric("delta R² beyond position (signed)", -0.5, 0.5),
-    "temperature_share": Metric("temperature share (1: rescaling alone)", 0, 2, "Viridis"),
-    "r_log_keff": Metric("r(log‖q‖, log k_eff)", -1, 1),
+    "pearson_r": Metric("Pearson r(‖q‖, H)", "r", -1, 1),
+    "partial_r_position": Metric("partial r given keys seen", "partial r", -1, 1),
+    "pearson_r_norm_entropy": Metric("r with H / log(keys seen)", "r", -1, 1),
+    "random_init_r": Metric("random-init r", "r", -1, 1),
+    "trained_minus_random": Metric("trained r − random-init r", "Δr", -1, 1),
+    "delta_r2": Metric("delta R² beyond position (signed)", "ΔR²", -0.5, 0.5),
+    "temperature_share": Metric(
+        "temperature share (1: rescaling alone)",
+        "share",
+        -1,
+        3,
+        1.0,
+        tuple(map(tuple, PURPLE_ORANGE)),
+    ),  # fmt: skip
+    "r_log_keff": Metric("r(log‖q‖, log k_eff)", "r", -1, 1),
 }
 
 
@@ -379,6 +420,28 @@ def grid(table: pd.DataFrame, values: np.ndarray, fill: object = np.nan) -> np.n
     return out
 
 
+def out_of_range(table: pd.DataFrame, name: str) -> dict[str, list]:
+    """The heads whose metric lies outside its colour range: x (layer), y (head), the marker
+    symbol (▲ above, ▼ below) and a hover line with the value."""
+    metric = HEATMAP_METRICS[name]
+    v = metric_values(table, name)
+    above, below = v > metric.zmax, v < metric.zmin
+    keep = above | below
+    return {
+        "x": table["layer"].to_numpy()[keep].tolist(),
+        "y": table["head"].to_numpy()[keep].tolist(),
+        "symbol": np.where(above[keep], "triangle-up", "triangle-down").tolist(),
+        "text": [
+            f"L{int(a)} H{int(b)}: {metric.label} = {format_number(x)}, "
+            f"{'above' if x > metric.zmax else 'below'} the colour range"
+            for a, b, x in zip(
+                table["layer"].to_numpy()[keep], table["head"].to_numpy()[keep], v[keep],
+                strict=True,
+            )
+        ],
+    }  # fmt: skip
+
+
 HOVER_COLUMNS = ("pearson_r", "ci_low", "ci_high", "q_fdr", "partial_r_position", "n_tokens")
 
 
@@ -396,26 +459,37 @@ def hover_text(table: pd.DataFrame) -> np.ndarray:
     return grid(table, np.array(lines, dtype=object), "")
 
 
+def heatmap_hover(metric: Metric) -> str:
+    """The heatmap's hover template: the head's numbers, then the coloured metric by name."""
+    return f"%{{text}}<br><b>{metric.label} = %{{z:.4g}}</b><extra></extra>"
+
+
+def heatmap_title(metric: Metric) -> str:
+    return f"{metric.label} per head · outlined: passes (trained model)"
+
+
 def head_heatmap(table: pd.DataFrame, value: str = "pearson_r") -> go.Figure:
-    """Layer x head map of a metric (`HEATMAP_METRICS`); passing heads are outlined."""
+    """Layer x head map of a metric (`HEATMAP_METRICS`) on its fixed colour range, heads outside
+    the range marked ▲/▼; passing heads are outlined. Traces: [map, outlines, out-of-range]."""
     metric = HEATMAP_METRICS[value]
     layers = np.sort(table["layer"].unique())
     heads = np.sort(table["head"].unique())
     passing = passes_mask(table)
+    marks = out_of_range(table, value)
     fig = go.Figure(
         go.Heatmap(
             z=grid(table, metric_values(table, value)),
             x=layers,
             y=heads,
             text=hover_text(table).tolist(),
-            colorscale=metric.colorscale,
-            zmid=0 if metric.colorscale == "RdBu" else None,
+            colorscale=[list(c) for c in metric.colorscale],
+            zmid=metric.zmid,
             zmin=metric.zmin,
             zmax=metric.zmax,
             xgap=1,
             ygap=1,
-            colorbar={"title": {"text": metric.label}},
-            hovertemplate="%{text}<br>shown: %{z:.4g}<extra></extra>",
+            colorbar={"title": {"text": metric.short}, "thickness": 14},
+            hovertemplate=heatmap_hover(metric),
             name=metric.label,
         )
     )
@@ -429,12 +503,26 @@ def head_heatmap(table: pd.DataFrame, value: str = "pearson_r") -> go.Figure:
             hoverinfo="skip",
         )
     )
+    fig.add_trace(
+        go.Scatter(
+            x=marks["x"],
+            y=marks["y"],
+            text=marks["text"],
+            mode="markers",
+            marker={"symbol": marks["symbol"], "size": 9, "color": "#f1c40f",
+                    "line": {"width": 1, "color": "black"}},
+            name="outside the colour range",
+            hovertemplate="%{text}<extra></extra>",
+        )
+    )  # fmt: skip
     fig.update_layout(
         template=TEMPLATE,
-        title={"text": f"{metric.label} per head (outlined: passes)"},
+        title={"text": heatmap_title(metric)},
         xaxis={
             "title": {"text": "layer"},
             "dtick": 1 if len(layers) <= 40 else None,
+            "tickangle": 0,
+            "tickfont": {"size": 10},
             "range": [float(layers.min()) - 0.5, float(layers.max()) + 0.5],
         },
         yaxis={
@@ -443,7 +531,6 @@ def head_heatmap(table: pd.DataFrame, value: str = "pearson_r") -> go.Figure:
             "range": [float(heads.max()) + 0.5, float(heads.min()) - 0.5],
         },
         height=int(min(900, max(320, 120 + 32 * len(heads)))),
-        margin={"l": 60, "r": 20, "t": 50, "b": 50},
         showlegend=False,
         plot_bgcolor="#dddddd",
     )
@@ -452,6 +539,7 @@ def head_heatmap(table: pd.DataFrame, value: str = "pearson_r") -> go.Figure:
 
 def uncertainty_figure(table: pd.DataFrame, criteria: Criteria | None = None) -> go.Figure:
     """Every head's r with its cluster-bootstrap interval, sorted, with the pass threshold."""
+    table = measurable(table)  # degenerate heads have no statistics to show
     criteria = criteria or Criteria()
     order = np.argsort(_col(table, "pearson_r"))
     t = table.iloc[order]
@@ -459,7 +547,10 @@ def uncertainty_figure(table: pd.DataFrame, criteria: Criteria | None = None) ->
     passing = passes_mask(t)
     labels = _head_labels(t)
     fig = go.Figure()
-    for mask, name, color in ((passing, "passes", NEGATIVE), (~passing, "does not", "#95a5a6")):
+    for mask, name, color in (
+        (passing, "passes", NEGATIVE),
+        (~passing, "does not pass", "#95a5a6"),
+    ):
         fig.add_trace(
             go.Scatter(
                 x=np.arange(len(t))[mask],
@@ -487,39 +578,82 @@ def uncertainty_figure(table: pd.DataFrame, criteria: Criteria | None = None) ->
         title={"text": f"r per head with its {CI} cluster-bootstrap interval, sorted"},
         xaxis={"title": {"text": "heads, by r"}, "showticklabels": False},
         yaxis={"title": {"text": "Pearson r"}, "range": [-1, 1]},
-        height=380,
         margin={"l": 60, "r": 20, "t": 50, "b": 40},
         legend={"orientation": "h", "y": 1.02, "x": 1, "xanchor": "right", "yanchor": "bottom"},
     )
     return fig
 
 
-def robustness_figure(
-    table: pd.DataFrame, criteria: Criteria | None = None, cutoffs: np.ndarray | None = None
-) -> go.Figure:
-    """Heads passing against the |r| cutoff (q cut as recorded): how much the count depends on
-    the threshold chosen."""
-    criteria = criteria or Criteria()
+def heads_needed(criteria: Criteria, n_heads: int) -> int:
+    """The fewest passing heads whose share of `n_heads` reaches `criteria.min_share`."""
+    if n_heads == 0:
+        return 0
+    k = int(np.floor(criteria.min_share * n_heads))
+    while k / n_heads < criteria.min_share:
+        k += 1
+    return k
+
+
+def robustness_counts(
+    table: pd.DataFrame, criteria: Criteria, cutoffs: np.ndarray | None = None
+) -> pd.DataFrame:
+    """Heads passing at each |r| cutoff (q cut as recorded): columns cutoff, heads."""
+    table = measurable(table)  # degenerate heads have no statistics to show
     cutoffs = np.round(np.arange(0.30, 0.701, 0.05), 2) if cutoffs is None else cutoffs
     r, q = _col(table, "pearson_r"), _col(table, "q_fdr")
     counts = [int(replace(criteria, r_threshold=float(c)).passes(r, q).sum()) for c in cutoffs]
+    return pd.DataFrame({"cutoff": np.asarray(cutoffs, dtype=np.float64), "heads": counts})
+
+
+def robustness_figure(
+    table: pd.DataFrame, criteria: Criteria | None = None, cutoffs: np.ndarray | None = None
+) -> go.Figure:
+    """Heads passing against the |r| cutoff (q cut as recorded), with the count the share
+    criterion needs: up to which cutoff the count criterion holds."""
+    criteria = criteria or Criteria()
+    counts = robustness_counts(table, criteria, cutoffs)
+    needed = heads_needed(criteria, len(table))
     fig = go.Figure(
         go.Scatter(
-            x=cutoffs,
-            y=counts,
+            x=counts["cutoff"],
+            y=counts["heads"],
             mode="lines+markers",
             line={"color": NEGATIVE},
+            name="heads passing",
             hovertemplate="|r| ≥ %{x:.2f}: %{y} heads<extra></extra>",
         )
     )
+    fig.add_hline(
+        y=needed,
+        line={"dash": "dash", "color": "#27ae60"},
+        annotation_text=f"needed: {needed} of {len(table)} ({criteria.min_share:.0%})",
+        annotation_position="bottom left",
+    )
     fig.add_vline(x=criteria.r_threshold, line={"dash": "dot", "color": "#555"})
+    holding = counts[counts["heads"] >= needed]
+    if not holding.empty:
+        last = holding.iloc[-1]
+        fig.add_trace(
+            go.Scatter(
+                x=[last["cutoff"]],
+                y=[last["heads"]],
+                mode="markers+text",
+                marker={"size": 12, "symbol": "circle-open", "color": "#27ae60",
+                        "line": {"width": 2}},
+                text=[f"holds up to |r| ≥ {last['cutoff']:.2f}"],
+                textposition="top left"
+                if last["cutoff"] > counts["cutoff"].median()
+                else "top right",
+                name="last cutoff that holds",
+                hovertemplate="the count criterion holds up to |r| ≥ %{x:.2f}<extra></extra>",
+            )
+        )  # fmt: skip
     fig.update_layout(
         template=TEMPLATE,
         title={"text": f"heads passing against the |r| cutoff (q < {criteria.fdr})"},
         xaxis={"title": {"text": "|r| cutoff"}},
         yaxis={"title": {"text": "heads passing"}, "rangemode": "tozero"},
-        height=380,
-        margin={"l": 60, "r": 20, "t": 50, "b": 50},
+        showlegend=False,
     )
     return fig
 
@@ -536,10 +670,8 @@ def _diagonal_scatter(
     names: tuple[str, str],
     title: str,
     span: tuple[float, float],
-    fixed: bool = False,
 ) -> go.Figure:
     """One point per head, y against x, with the diagonal y = x over `span`."""
-    axis = {"range": list(span)} if fixed else {}
     fig = go.Figure(
         [
             go.Scatter(
@@ -563,33 +695,54 @@ def _diagonal_scatter(
     fig.update_layout(
         template=TEMPLATE,
         title={"text": title},
-        xaxis={"title": {"text": names[0]}, **axis},
-        yaxis={"title": {"text": names[1]}, **axis},
+        xaxis={"title": {"text": names[0]}},
+        yaxis={"title": {"text": names[1]}},
         showlegend=False,
-        height=380,
-        margin={"l": 60, "r": 20, "t": 50, "b": 50},
     )
     return fig
 
 
 def random_init_scatter(table: pd.DataFrame) -> go.Figure:
-    """Every head's trained r against the same head's random-init r: what training added."""
-    marker = {"color": np.where(passes_mask(table), NEGATIVE, "#95a5a6"), "size": 6}
-    return _diagonal_scatter(
-        table,
-        _col(table, "random_init_r"),
-        _col(table, "pearson_r"),
-        marker,
-        ("random-init r", "trained r"),
-        "trained r against random-init r, per head (diagonal: no change)",
-        (-1.0, 1.0),
-        fixed=True,
+    """Every head's trained r against the same head's random-init r: what training added.
+    Heads that pass (trained model) and those that do not are separate, named traces."""
+    table = measurable(table)  # degenerate heads have no statistics to show
+    x, y = _col(table, "random_init_r"), _col(table, "pearson_r")
+    passing = passes_mask(table)
+    labels = np.array(_head_labels(table), dtype=object)
+    fig = go.Figure()
+    for mask, name, color in (
+        (passing, "passes (trained model)", NEGATIVE),
+        (~passing, "does not pass", "#95a5a6"),
+    ):
+        fig.add_trace(
+            go.Scatter(
+                x=x[mask], y=y[mask], mode="markers", name=name,
+                marker={"color": color, "size": 6}, text=labels[mask],
+                hovertemplate="%{text}<br>random-init r = %{x:.3f}<br>trained r = %{y:.3f}"
+                "<extra></extra>",
+            )
+        )  # fmt: skip
+    fig.add_trace(
+        go.Scatter(
+            x=[-1, 1], y=[-1, 1], mode="lines", name="diagonal: no change",
+            line={"dash": "dot", "color": "#999"}, hoverinfo="skip",
+        )
+    )  # fmt: skip
+    fig.update_layout(
+        template=TEMPLATE,
+        title={"text": "trained r against random-init r, per head"},
+        xaxis={"title": {"text": "random-init r"}, "range": [-1.05, 1.05]},
+        yaxis={"title": {"text": "trained r"}, "range": [-1.05, 1.05]},
+        legend={"orientation": "h", "y": -0.2, "x": 0},
+        margin={"b": 90},
     )
+    return fig
 
 
 def gain_scatter(table: pd.DataFrame) -> go.Figure:
     """Observed slope dH/dlog‖q‖ against the causal gain dH/dlog(alpha) per head: on the
     diagonal, rescaling the query explains the whole relation (temperature share 1)."""
+    table = measurable(table)  # degenerate heads have no statistics to show
     x, y = _col(table, "gain_entropy"), _col(table, "slope_obs")
     ok = np.isfinite(x) & np.isfinite(y)
     lo = float(np.min(np.r_[x[ok], y[ok], 0.0]))
@@ -631,8 +784,6 @@ def alpha_curves(frame: pd.DataFrame, heads: list[tuple[int, int]], title: str =
         title={"text": title or "H with the query scaled by alpha"},
         xaxis={"title": {"text": "alpha (query scale)"}, "type": "log"},
         yaxis={"title": {"text": "mean H (nats)"}},
-        height=380,
-        margin={"l": 60, "r": 20, "t": 50, "b": 50},
     )
     return fig
 
@@ -640,6 +791,7 @@ def alpha_curves(frame: pd.DataFrame, heads: list[tuple[int, int]], title: str =
 def r_distribution(table: pd.DataFrame, criteria: Criteria | None = None) -> go.Figure:
     """Per layer, r of the trained model beside the permutation and random-init controls, with
     the pass threshold as dotted lines."""
+    table = measurable(table)  # degenerate heads have no statistics to show
     criteria = criteria or Criteria()
     series = [("pearson_r", "trained"), ("perm_r", "permutation"), ("random_init_r", "random init")]
     fig = go.Figure()
@@ -665,7 +817,6 @@ def r_distribution(table: pd.DataFrame, criteria: Criteria | None = None) -> go.
         xaxis={"title": {"text": "layer"}, "dtick": 1},
         yaxis={"title": {"text": "Pearson r"}, "range": [-1, 1]},
         height=400,
-        margin={"l": 60, "r": 20, "t": 50, "b": 50},
         legend={"orientation": "h", "y": 1.02, "x": 1, "xanchor": "right", "yanchor": "bottom"},
     )
     return fig
@@ -688,6 +839,7 @@ def passing_counts(table: pd.DataFrame) -> pd.DataFrame:
 
 def verdict_figure(table: pd.DataFrame) -> go.Figure:
     """Passing heads per layer, negative and positive stacked: where the effect lives."""
+    table = measurable(table)  # degenerate heads have no statistics to show
     counts = passing_counts(table)
     neg, pos = int(counts.negative.sum()), int(counts.positive.sum())
     fig = go.Figure(
@@ -713,9 +865,11 @@ def verdict_figure(table: pd.DataFrame) -> go.Figure:
         barmode="stack",
         title={"text": f"{neg + pos} of {len(table)} heads pass ({neg} negative, {pos} positive)"},
         xaxis={"title": {"text": "layer"}, "dtick": 1},
-        yaxis={"title": {"text": "passing heads"}, "range": [0, max(1, int(counts.heads.max()))]},
+        yaxis={
+            "title": {"text": "passing heads"},
+            "range": [0, max(1, int(counts.heads.max()) if len(counts) else 0)],
+        },
         height=400,
-        margin={"l": 60, "r": 20, "t": 50, "b": 50},
         legend={"orientation": "h", "y": 1.02, "x": 1, "xanchor": "right", "yanchor": "bottom"},
     )
     return fig
@@ -748,7 +902,6 @@ def pattern_heatmap(
         xaxis={"title": {"text": "key"}},
         yaxis={"title": {"text": "query"}, "autorange": "reversed"},
         height=480,
-        margin={"l": 60, "r": 20, "t": 50, "b": 50},
     )
     return fig
 

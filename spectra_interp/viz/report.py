@@ -1,25 +1,23 @@
 """A results folder -> one self-contained `report.html` (plotly.js and circuitsvis inline).
 
-The page holds the verdict, the whole-model figures and a head explorer: a click on the
-heatmap swaps that head's precomputed density, position curves and attention view into place.
-Everything comes from the results folder; no model is loaded and the page fetches nothing.
-The page itself is `templates/report.html.j2` with its stylesheet and script beside it.
+The page holds the verdict with its caveat, the whole-model figures, per-layer and per-head
+tables, a head explorer (a click on the heatmap swaps that head's precomputed density, position
+curves and attention view into place), the run's provenance and a glossary. Everything comes
+from the results folder; no model is loaded and the page fetches nothing. The page is
+`templates/report.html.j2` (extending `base.html.j2`) with its stylesheet and script beside it.
 """
 
 from __future__ import annotations
 
 import base64
-import html
-import json
-from functools import cache
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import jinja2
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
+from _plotly_utils.utils import convert_to_base64
 from markupsafe import Markup
-from plotly.offline import get_plotlyjs
 
 from spectra_interp.records import to_json
 from spectra_interp.results import Results, load_results
@@ -28,38 +26,104 @@ from spectra_interp.results.load import AttentionSample, read_json_object
 from spectra_interp.results.store import write_text
 from spectra_interp.stats.columns import CI, HEAD_COLUMNS
 from spectra_interp.stats.criteria import Criteria
-from spectra_interp.stats.verdict import Checks, Verdict
+from spectra_interp.stats.degenerate import COLUMN as DEGENERATE
+from spectra_interp.stats.degenerate import measurable
+from spectra_interp.stats.verdict import BeyondR, Verdict, degenerate_lines
 from spectra_interp.viz import figures
 from spectra_interp.viz.attention import bundle_js
+from spectra_interp.viz.page import fig_json, macros, render_page, render_value
+from spectra_interp.viz.provenance import flat_config, provenance, read_meta, run_parts
 
-# --- data for the page ---------------------------------------------------------------------
-
-
-def _typed(array: np.ndarray) -> dict[str, str]:
-    """A numpy array as plotly.js' typed-array spec (base64), much smaller than a JSON list."""
-    codes = {"float32": "f4", "float64": "f8", "uint8": "u1", "uint16": "u2", "uint32": "u4"}
-    a = np.ascontiguousarray(array)
-    spec = {"dtype": codes[a.dtype.name], "bdata": base64.b64encode(a.tobytes()).decode("ascii")}
-    if a.ndim > 1:
-        spec["shape"] = ",".join(str(n) for n in a.shape)
-    return spec
-
-
-def _patch(traces: list[dict[str, np.ndarray]], title: str) -> dict:
-    return {"title": title, "traces": [{k: _typed(v) for k, v in t.items()} for t in traces]}
-
+__all__ = ["build_report", "flat_config", "load_results", "render_value", "report_html"]
 
 MODELS = {"trained": "trained", "random_init": "random init"}
 # Panel resolution: 32 x 32 density bins and 32 position bins keep 2 models x 1000 heads small.
 DENSITY_BINS = 32
 POSITION_BINS = 32
 
+# What the glossary says beyond the columns of head_stats.csv.
+TERMS = {
+    "H": "attention entropy of one query: H = −Σ_j p_j log p_j over the keys j it sees, in "
+    "nats; at most log(keys seen), reached by uniform attention.",
+    "‖q‖": "L2 norm of one query vector of one head, as it meets the keys (where it is read: "
+    "q_source).",
+    "random-init control": "the same architecture with fresh random weights (--seed), measured "
+    "on the same windows. Its queries and keys are small and unrelated, so every logit is "
+    "near 0 and attention is nearly uniform: H sits near its ceiling log(keys seen), and "
+    "whatever r it shows comes from position, not from training.",
+}
+
+
+# --- summary.json, read in one place --------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CriterionRow:
+    """One success criterion as the page shows it: name, description, met, the numbers."""
+
+    name: str
+    about: str
+    met: bool
+    detail: dict
+
+
+@dataclass(frozen=True)
+class SummaryFacts:
+    """What the page takes from summary.json (the typed `stats.verdict.Verdict`);
+    `summary_facts` is the only reader. All empty for a folder without a summary."""
+
+    hypothesis: str | None = None
+    all_met: bool | None = None
+    criteria: list[CriterionRow] = field(default_factory=list)
+    beyond: BeyondR | None = None
+    temperature_share_median: float | None = None
+
+
+def summary_facts(summary: Verdict | None) -> SummaryFacts:
+    """The verdict's parts, read off the typed summary's attributes."""
+    if summary is None:
+        return SummaryFacts()
+    criteria = [
+        CriterionRow(
+            name=name.replace("_", " "),
+            about=crit.description,
+            met=crit.met,
+            detail={k: v for k, v in to_json(crit).items() if k not in ("met", "description")},
+        )
+        for name, crit in summary.criteria.items()
+    ]
+    beyond = summary.beyond_r
+    return SummaryFacts(
+        hypothesis=summary.hypothesis,
+        all_met=summary.all_criteria_met,
+        criteria=criteria,
+        beyond=beyond,
+        temperature_share_median=None if beyond is None else beyond.temperature_share.median,
+    )
+
+
+# --- data for the page ---------------------------------------------------------------------
+
+
+def figure_heads(table: pd.DataFrame) -> pd.DataFrame:
+    """The heads the figures show: all but those head_stats marks degenerate (every head when
+    all are, so the page still draws: their r is empty)."""
+    kept = measurable(table)
+    return (kept if len(kept) else table).reset_index(drop=True)
+
+
+def _patch(traces: list[dict[str, np.ndarray]], title: str) -> dict:
+    """A panel's arrays as plotly.js typed-array specs (plotly's own encoding) and its title."""
+    out = {"title": title, "traces": [dict(t) for t in traces]}
+    convert_to_base64(out)
+    return out
+
 
 def head_panels(
     results: Results, bins: int = DENSITY_BINS, n_pos_bins: int = POSITION_BINS
 ) -> tuple[dict[str, dict[str, dict]], dict[str, go.Figure]]:
     """Per model and head, the density and position summaries as patches; and figures to patch
-    into. Titles say how many sampled tokens the panel shows of how many the head has."""
+    into. Titles name the model, then the head's numbers and how many sampled tokens it shows."""
     sample = results.token_sample
     if sample is None or sample.empty:
         return {}, {}
@@ -81,11 +145,14 @@ def head_panels(
                 n_pos_bins,
             )  # fmt: skip
             title = figures.head_title(row, str(model), sampled=density.n)
+            name = MODELS[str(model)]
             panels[model][key] = {
-                "density": _patch(figures.density_traces(density), f"‖q‖ vs H · {title}"),
+                "density": _patch(
+                    figures.density_traces(density), f"‖q‖ vs H · {name} model<br>{title}"
+                ),
                 "position": _patch(
                     figures.position_traces(profile),
-                    f"‖q‖ and H by position · L{layer} H{head} · {MODELS[str(model)]}",
+                    f"‖q‖ and H by position · {name} model<br>L{layer} H{head}",
                 ),
             }
             if not templates:
@@ -101,8 +168,27 @@ def _b64(array: np.ndarray) -> str:
 PATTERN_LEVELS = 255  # attention weights as uint8 steps of 1/255: plenty for a picture
 
 
-def attention_payload(att: AttentionSample | None) -> dict | None:
-    """The slices' patterns quantised to uint8 plus ‖q‖ and H."""
+def _slice_source(meta: pd.DataFrame | None, window: int, start: int, t: int) -> dict:
+    """Where a slice's tokens sit: the window's document and the slice's document positions."""
+    out = {"window": window, "start": start, "doc": None, "doc_start": None}
+    if meta is not None and {"window_id", "doc_id", "token_offset"} <= set(meta.columns):
+        row = meta[meta["window_id"] == window]
+        if not row.empty:
+            out["doc"] = str(row["doc_id"].iloc[0])
+            out["doc_start"] = int(row["token_offset"].iloc[0]) + start
+    where = f"window {window}, positions {start}–{start + t - 1}"
+    if out["doc"] is not None:
+        where = (
+            f"window {window} · {out['doc']}, document tokens {out['doc_start']}–"
+            f"{out['doc_start'] + t - 1} (window positions {start}–{start + t - 1})"
+        )
+    out["label"] = where
+    return out
+
+
+def attention_payload(att: AttentionSample | None, meta: pd.DataFrame | None = None) -> dict | None:
+    """The slices' patterns quantised to uint8 plus ‖q‖ and H, each slice named by its
+    document and document positions (windows/meta.csv)."""
     if att is None:
         return None
     n_slices, n_layers, n_heads, t, _ = att.pattern.shape
@@ -114,8 +200,7 @@ def attention_payload(att: AttentionSample | None) -> dict | None:
         "levels": PATTERN_LEVELS,
         "slices": [
             {
-                "label": f"window {int(att.window_ids[i])}, tokens {int(att.starts[i])}"
-                f"–{int(att.starts[i]) + t - 1}",
+                **_slice_source(meta, int(att.window_ids[i]), int(att.starts[i]), t),
                 "tokens": att.token_strs[i],
                 "pattern": _b64(quantised[i]),
                 "qnorm": _b64(att.qnorm[i].astype("<f4")),
@@ -139,7 +224,8 @@ def alpha_payload(frame: pd.DataFrame | None) -> dict | None:
 
 
 def metrics_payload(table: pd.DataFrame) -> dict[str, dict]:
-    """The heatmap's metric switch: every metric the table can colour the map with."""
+    """The heatmap's metric switch: every metric the table can colour the map with, each with
+    its fixed colour range and the heads outside it."""
     out = {}
     for name, metric in figures.HEATMAP_METRICS.items():
         values = figures.metric_values(table, name)
@@ -147,10 +233,16 @@ def metrics_payload(table: pd.DataFrame) -> dict[str, dict]:
             z = figures.grid(table, values)
             out[name] = {
                 "label": metric.label,
+                "short": metric.short,
+                "title": figures.heatmap_title(metric),
+                "hover": figures.heatmap_hover(metric),
+                "note": metric.scale_note(),
                 "z": np.where(np.isfinite(z), z, np.array(None)).tolist(),
                 "zmin": metric.zmin,
                 "zmax": metric.zmax,
-                "colorscale": metric.colorscale,
+                "zmid": metric.zmid,
+                "colorscale": [list(c) for c in metric.colorscale],
+                "outside": figures.out_of_range(table, name),
             }
     return out
 
@@ -193,77 +285,51 @@ def initial_head(table: pd.DataFrame) -> tuple[int, int]:
     return initial_heads(table, 1)[0]
 
 
-# --- HTML pieces ---------------------------------------------------------------------------
+# --- the page's sections, as plain values for the template ----------------------------------
 
 
-def _fmt(value: object) -> str:
-    return figures.format_number(value) if not isinstance(value, str) else value
+@dataclass(frozen=True)
+class VerdictLine:
+    """The verdict line: the summary's flag, the count of passing heads, and the caveat in
+    plain words."""
+
+    met: bool | None
+    word: str
+    counted: str
+    caveats: list[str]
 
 
-def _badge(met: bool) -> str:
-    return (
-        '<span class="badge met">✓ met</span>'
-        if met
-        else '<span class="badge unmet">✗ not met</span>'
-    )
-
-
-def render_value(value: object, depth: int = 0) -> str:
-    """Any JSON value as HTML: nested dicts become nested tables, booleans become badges."""
-    e = html.escape
-    if isinstance(value, dict):
-        if not value:
-            return "<em>empty</em>"
-        rows = "".join(
-            f"<tr><th>{e(str(k))}</th><td>{render_value(v, depth + 1)}</td></tr>"
-            for k, v in value.items()
-        )
-        return f'<table class="kv depth{min(depth, 3)}">{rows}</table>'
-    if isinstance(value, list):
-        if value and all(isinstance(v, dict) for v in value):
-            cols = list(dict.fromkeys(k for v in value for k in v))
-            head = "".join(f"<th>{e(str(c))}</th>" for c in cols)
-            body = "".join(
-                "<tr>" + "".join(f"<td>{render_value(v.get(c), depth + 1)}</td>" for c in cols)
-                for v in value
-            )
-            return f'<table class="grid"><tr>{head}</tr>{body}</table>'
-        return e(", ".join(_fmt(v) for v in value)) or "<em>none</em>"
-    if isinstance(value, bool):
-        return f'<span class="bool {"yes" if value else "no"}">{_fmt(value)}</span>'
-    if value is None:
-        return "—"
-    return e(_fmt(value))
-
-
-def criteria_html(checks: Checks) -> str:
-    """The success criteria, one row each: name, met or not, and the numbers behind it."""
-    rows = []
-    for name, crit in checks.items():
-        detail = {k: v for k, v in to_json(crit).items() if k not in ("met", "description")}
-        about = f'<div class="about">{html.escape(crit.description)}</div>'
-        rows.append(
-            f"<tr><th>{html.escape(name.replace('_', ' '))}{about}</th>"
-            f"<td>{_badge(crit.met)}</td><td>{render_value(detail, 1)}</td></tr>"
-        )
-    return f'<table class="criteria">{"".join(rows)}</table>'
-
-
-def headline(summary: Verdict | None, table: pd.DataFrame) -> str:
-    """The verdict in one sentence: whether the criteria are met (from summary.json, when the
-    folder has one) and the passing heads counted from the table."""
+def verdict_line(facts: SummaryFacts, table: pd.DataFrame, criteria: Criteria) -> VerdictLine:
+    """The verdict with its caveats, every number from the table and the summary."""
     passing = figures.passes_mask(table)
     sign = figures.sign_of(table)
     n, n_pass = len(table), int(passing.sum())
     neg, pos = int((passing & (sign < 0)).sum()), int((passing & (sign > 0)).sum())
-    counted = f"{n_pass} of {n} heads pass ({neg} with r < 0, {pos} with r > 0)."
-    parts = []
-    if summary is not None:
-        met = summary.all_criteria_met
-        word = "all success criteria met" if met else "success criteria not all met"
-        parts.append(f'<span class="badge {"met" if met else "unmet"}">{word}</span>')
-    parts.append(html.escape(counted))
-    return " ".join(parts)
+    share = n_pass / n if n else 0.0
+    counted = (
+        f"{n_pass} of {n} heads pass = {share:.1%} ({neg} with r < 0, {pos} with r > 0); the "
+        f"criterion needs {figures.heads_needed(criteria, n)} ({criteria.min_share:.0%})."
+    )
+    word = ""
+    if facts.all_met is not None:
+        word = "all success criteria met" if facts.all_met else "success criteria not all met"
+    caveats = [
+        "Part of a negative r is guaranteed: scaling a query scales all its logits, and a "
+        "sharper softmax has a lower H (dH/dlog‖q‖ = −Var_p(s) ≤ 0).",
+    ]
+    m = facts.temperature_share_median
+    if m is not None:
+        caveats.append(
+            f"The median temperature share is {m:.2f}: for the median head the observed slope "
+            f"of H on log‖q‖ is {m:.0%} of what rescaling that head's queries alone produces "
+            "(1: rescaling alone explains the relation, 0: none of it). A passing head shows "
+            "that ‖q‖ predicts H, not that ‖q‖ carries more than a temperature."
+        )
+    caveats.append(
+        f"{n - n_pass} of {n} heads ({1 - share:.1%}) do not pass; an engine reading ‖q‖ would "
+        "need another rule for them."
+    )
+    return VerdictLine(facts.all_met, word, counted, caveats)
 
 
 def cards(table: pd.DataFrame, criteria: Criteria) -> list[tuple[str, str, str]]:
@@ -271,9 +337,15 @@ def cards(table: pd.DataFrame, criteria: Criteria) -> list[tuple[str, str, str]]
     whatever the summary."""
     passing = figures.passes_mask(table)
     sign = figures.sign_of(table)
+    n = len(table)
     out = [
-        ("heads", f"{len(table):,}", "query heads measured: layers × query heads"),
+        ("heads", f"{n:,}", "query heads measured: layers × query heads"),
         ("passing", f"{int(passing.sum()):,}", HEAD_COLUMNS["passes"]),
+        (
+            "share passing",
+            f"{passing.mean() if n else 0:.1%}",
+            f"passing heads over all heads; the criterion needs {criteria.min_share:.0%}",
+        ),
         (
             "passing, r < 0",
             f"{int((passing & (sign < 0)).sum()):,}",
@@ -307,85 +379,104 @@ def cards(table: pd.DataFrame, criteria: Criteria) -> list[tuple[str, str, str]]
     return out
 
 
-def controls_html(table: pd.DataFrame, summary: Verdict | None, criteria: Criteria) -> str:
-    """How the trained model's r compares with the controls', from the table and the summary."""
-    rows = []
-    for column, name in (
-        ("pearson_r", "trained model"),
-        ("perm_r", "permutation control"),
-        ("random_init_r", "random-init control"),
-    ):
+# Rows of the controls table: (column, name); each a per-head r whose size is compared.
+CONTROL_ROWS = (
+    ("pearson_r", "trained model"),
+    ("perm_r", "permutation control (‖q‖ shuffled)"),
+    ("perm_r_within", "permutation within windows"),
+    ("random_init_r", "random-init control"),
+    ("partial_r_position", "trained, given keys seen (position)"),
+    ("within_window_r", "trained, within windows"),
+)
+
+
+def control_rows(table: pd.DataFrame, criteria: Criteria) -> list[dict]:
+    """|r| of the trained model and each control over heads: median, mean, max, heads at the
+    threshold, all from head_stats.csv (the rows the table has)."""
+    out = []
+    for column, name in CONTROL_ROWS:
         if column not in table:
             continue
         r = pd.to_numeric(table[column], errors="coerce").abs()
-        rows.append(
-            f'<tr><th title="{html.escape(HEAD_COLUMNS.get(column, name))}">{name}</th>'
-            f"<td>{r.median():.3f}</td><td>{r.max():.3f}</td>"
-            f"<td>{int(criteria.strong(r).sum())}</td></tr>"
+        if r.isna().all():
+            continue
+        out.append(
+            {
+                "name": name,
+                "column": column,
+                "meaning": HEAD_COLUMNS.get(column, name),
+                "median": f"{r.median():.3f}",
+                "mean": f"{r.mean():.3f}",
+                "max": f"{r.max():.3f}",
+                "strong": int(criteria.strong(r).sum()),
+            }
         )
-    out = ""
-    if rows:
-        out += (
-            '<table class="grid controls"><tr><th></th>'
-            '<th title="median over heads of |r|">median |r|</th>'
-            '<th title="largest |r| over heads">max |r|</th>'
-            f'<th title="heads whose |r| reaches the pass threshold">heads with |r| ≥ '
-            f"{criteria.r_threshold}</th></tr>{''.join(rows)}</table>"
-        )
-    if summary is not None:
-        out += render_value(to_json(summary.controls))
-    return out or "<p><em>No control columns in this folder.</em></p>"
+    return out
 
 
-def flat_config(config: dict) -> dict:
-    """config.json's settings in one flat dict, whether they sit at the top or in sections.
-
-    Later sections win: the resolved `environment` (device, dtype actually used) over the
-    requested `config`, and the number of windows actually run over `max_windows`.
-    """
-    flat = {k: v for k, v in config.items() if not isinstance(v, dict)}
-    for section in ("identity", "config", "environment"):
-        if isinstance(config.get(section), dict):
-            flat.update({k: v for k, v in config[section].items() if not isinstance(v, dict)})
-    if "n_windows" in config:
-        flat["windows"] = config["n_windows"]
-    return flat
+def control_notes(summary: Verdict | None) -> list[str]:
+    """The random-init control's refusal and the heads left out as degenerate, in plain words."""
+    if summary is None:
+        return []
+    notes = degenerate_lines(summary.degenerate)
+    control = summary.controls.random_init
+    if control.usable is False:
+        notes.insert(0, f"The random-init model cannot serve as a control: {control.reason}.")
+    return notes
 
 
-def labelled(flat: dict, keys: list[tuple[str, str]]) -> list[str]:
-    """`<b>label</b> value` for each (key, label) whose key the flat config holds as a scalar:
-    the parts of a page's run line."""
+def per_layer_rows(table: pd.DataFrame) -> list[dict]:
+    """Per layer: heads, passing heads by sign, mean, min and max r."""
+    counts = figures.passing_counts(table)
+    r = pd.to_numeric(table.get("pearson_r"), errors="coerce")
+    stats = r.groupby(table["layer"]).agg(["mean", "min", "max"])
     return [
-        f"<b>{html.escape(label)}</b> {html.escape(_fmt(flat[k]))}"
-        for k, label in keys
-        if k in flat and not isinstance(flat[k], dict | list)
+        {
+            "layer": int(c.layer),
+            "heads": int(c.heads),
+            "passing": int(c.negative + c.positive),
+            "negative": int(c.negative),
+            "positive": int(c.positive),
+            "mean_r": f"{stats.loc[c.layer, 'mean']:+.3f}",
+            "min_r": f"{stats.loc[c.layer, 'min']:+.3f}",
+            "max_r": f"{stats.loc[c.layer, 'max']:+.3f}",
+        }
+        for c in counts.itertuples()
     ]
 
 
-def run_line(config: dict, results: Results) -> str:
-    """model · corpus · context · windows · device ... from config.json, whatever it has."""
-    config = flat_config(config)
-    if "windows" not in config and "max_windows" in config:
-        config["windows"] = config["max_windows"]
-    keys = [
-        ("model", "model"),
-        ("corpus", "corpus"),
-        ("ctx", "context"),
-        ("windows", "windows"),
-        ("device", "device"),
-        ("dtype", "dtype"),
-        ("method", "method"),
-        ("skip_first", "skip first"),
-        ("seed", "seed"),
-    ]
-    parts = labelled(config, keys)
-    if isinstance(config.get("controls"), list):
-        parts.append(f"<b>controls</b> {html.escape(', '.join(map(str, config['controls'])))}")
-    commit = config.get("git_commit") or config.get("commit")
-    if isinstance(commit, str):
-        parts.append(f"<b>commit</b> {html.escape(commit[:10])}")
-    parts.append(f"<b>folder</b> {html.escape(results.path.name)}")
-    return " · ".join(parts)
+LAYER_COLUMNS = {
+    "layer": "layer index",
+    "heads": "query heads in the layer",
+    "passing": "heads that pass the pass rule",
+    "negative": "passing heads with r < 0",
+    "positive": "passing heads with r > 0",
+    "mean_r": "mean pearson_r over the layer's heads",
+    "min_r": "lowest pearson_r in the layer",
+    "max_r": "highest pearson_r in the layer",
+}
+# The sortable head table's columns (those the run has).
+HEAD_TABLE_COLUMNS = (
+    "layer", "head", "pearson_r", "ci_low", "ci_high", "q_fdr", "passes", DEGENERATE,
+    "partial_r_position",
+    "delta_r2", "temperature_share", "random_init_r", "auroc_low_entropy", "n_tokens",
+)  # fmt: skip
+
+
+def head_table(table: pd.DataFrame) -> dict:
+    """Every head with the columns that matter most, as text and as sort keys."""
+    cols = [c for c in HEAD_TABLE_COLUMNS if c in table]
+    rows = []
+    for row in table[cols].to_dict("records"):
+        cells = []
+        for c in cols:
+            v = row[c]
+            key = float(v) if isinstance(v, int | float | np.number) and not isinstance(
+                v, bool | np.bool_
+            ) else str(v)  # fmt: skip
+            cells.append({"text": figures.format_number(v), "key": key})
+        rows.append(cells)
+    return {"columns": [(c, HEAD_COLUMNS.get(c, c)) for c in cols], "rows": rows}
 
 
 def top_heads(table: pd.DataFrame, n: int = 8) -> list[tuple[str, list[dict]]]:
@@ -406,8 +497,10 @@ def top_heads(table: pd.DataFrame, n: int = 8) -> list[tuple[str, list[dict]]]:
                     "head": int(row["head"]),
                     "r": f"{row['pearson_r']:+.3f}",
                     "ci": ci,
-                    "q": _fmt(float(row["q_fdr"])) if "q_fdr" in row.index else "—",
-                    "passes": bool(passing[idx]),
+                    "q": figures.format_number(float(row["q_fdr"]))
+                    if "q_fdr" in row.index
+                    else "—",
+                    "passes": bool(passing[table.index.get_loc(idx)]),
                 }
             )
         return out
@@ -419,91 +512,102 @@ def top_heads(table: pd.DataFrame, n: int = 8) -> list[tuple[str, list[dict]]]:
     ]
 
 
-def _fig_json(fig: go.Figure) -> dict:
-    return json.loads(fig.to_json())
+# --- the run line -----------------------------------------------------------------------------
 
 
-def json_for_script(value: object) -> str:
-    """JSON that can sit inside a <script> element."""
-    return json.dumps(value, ensure_ascii=False).replace("</", "<\\/")
+def run_line(config: dict, results: Results) -> str:
+    """The run line as HTML: each label in bold, then its value, joined by " · "."""
+    return str(macros().run_line(run_parts(config, results)))
 
 
-@cache
-def template_environment() -> jinja2.Environment:
-    return jinja2.Environment(
-        loader=jinja2.PackageLoader("spectra_interp.viz", "templates"),
-        autoescape=True,
-        undefined=jinja2.StrictUndefined,
-    )
+def glossary_terms(config: dict) -> dict[str, str]:
+    """The terms the columns use, with where this run read q (config.json's q_source)."""
+    terms = dict(TERMS)
+    source = config.get("q_source") if isinstance(config, dict) else None
+    if isinstance(source, dict) and isinstance(source.get("source"), str):
+        text = source["source"]
+        if isinstance(source.get("why"), str):
+            text += f": {source['why']}"
+        if isinstance(source.get("method"), str):
+            text += f" (method {source['method']})"
+        terms["q_source"] = f"where this run read each query q: {text}."
+    else:
+        terms["q_source"] = "where q is read; this folder's config.json does not record it."
+    return terms
 
 
-def asset(name: str) -> Markup:
-    env = template_environment()
-    assert env.loader is not None, "template_environment() sets a loader"
-    return Markup(env.loader.get_source(env, name)[0])
+# --- the page ---------------------------------------------------------------------------------
 
 
-def report_html(results: Results) -> str:
-    """The whole page as one string."""
-    table = results.head_stats
-    criteria = results.criteria
+def page_data(results: Results, table: pd.DataFrame, criteria: Criteria) -> dict:
+    """The JSON block the page's script reads."""
     panels, templates = head_panels(results)
     strongest = initial_heads(table)
     alpha = results.alpha_response
-    data = {
+    alpha_fig = None
+    if alpha is not None:
+        alpha_fig = figures.alpha_curves(
+            alpha, strongest, "H with the query scaled by alpha: the strongest heads"
+        )
+    return {
         "layers": [int(v) for v in np.sort(table["layer"].unique())],
         "heads": [int(v) for v in np.sort(table["head"].unique())],
-        "rows": rows_payload(table),
+        "rows": rows_payload(results.head_stats),
         "glossary": HEAD_COLUMNS,
         "metrics": metrics_payload(table),
         "panels": panels,
         "models": {k: v for k, v in MODELS.items() if k in panels},
-        "templates": {k: _fig_json(v) for k, v in templates.items()},
+        "templates": {k: fig_json(v) for k, v in templates.items()},
         "figures": {
-            "heatmap": _fig_json(figures.head_heatmap(table)),
-            "verdict": _fig_json(figures.verdict_figure(table)),
-            "distribution": _fig_json(figures.r_distribution(table, criteria)),
-            "uncertainty": _fig_json(figures.uncertainty_figure(table, criteria)),
-            "robustness": _fig_json(figures.robustness_figure(table, criteria)),
-            "random_init": _fig_json(figures.random_init_scatter(table)),
-            "gain": _fig_json(figures.gain_scatter(table)),
-            "alpha": None
-            if alpha is None
-            else _fig_json(
-                figures.alpha_curves(
-                    alpha, strongest, "H with the query scaled by alpha: the strongest heads"
-                )  # fmt: skip
-            ),
+            "heatmap": fig_json(figures.head_heatmap(table)),
+            "verdict": fig_json(figures.verdict_figure(table)),
+            "distribution": fig_json(figures.r_distribution(table, criteria)),
+            "uncertainty": fig_json(figures.uncertainty_figure(table, criteria)),
+            "robustness": fig_json(figures.robustness_figure(table, criteria)),
+            "random_init": fig_json(figures.random_init_scatter(table))
+            if "random_init_r" in table and table["random_init_r"].notna().any()
+            else None,
+            "gain": fig_json(figures.gain_scatter(table)),
+            "alpha": fig_json(alpha_fig),
         },
         "alpha": alpha_payload(alpha),
-        "attention": attention_payload(results.attention),
+        "attention": attention_payload(results.attention, read_meta(results)),
         "initial": list(strongest[0]),
     }
-    summary = results.summary
-    return (
-        template_environment()
-        .get_template("report.html.j2")
-        .render(
-            model=str(flat_config(results.config).get("model", "")),
-            run_line=Markup(run_line(results.config, results)),
-            hypothesis=None if summary is None else summary.hypothesis,
-            headline=Markup(headline(summary, table)),
-            cards=cards(table, criteria),
-            criteria=None if summary is None else Markup(criteria_html(summary.criteria)),
-            controls=Markup(controls_html(table, summary, criteria)),
-            beyond=None if summary is None else summary.beyond_r,
-            top_heads=top_heads(table),
-            glossary=HEAD_COLUMNS,
-            ci=CI,
-            phase2=phase2_links(results),
-            summary_html=Markup(render_value(None if summary is None else summary.to_json())),
-            config_html=Markup(render_value(results.config)),
-            css=asset("report.css"),
-            app_js=asset("report.js"),
-            plotly_js=Markup(get_plotlyjs()),
-            circuitsvis_js=Markup(bundle_js()),
-            data=Markup(json_for_script(data)),
-        )
+
+
+def report_html(results: Results) -> str:
+    """The whole page as one string."""
+    criteria = results.criteria
+    table = figure_heads(results.head_stats)
+    facts = summary_facts(results.summary)
+    return render_page(
+        "report.html.j2",
+        css=["report.css"],
+        app_js="report.js",
+        data=page_data(results, table, criteria),
+        model=str(flat_config(results.config).get("model", "")),
+        run_parts=run_parts(results.config, results),
+        facts=facts,
+        verdict=verdict_line(facts, table, criteria),
+        cards=cards(table, criteria),
+        criteria_rows=facts.criteria,
+        controls=control_rows(table, criteria),
+        control_notes=control_notes(results.summary),
+        threshold=criteria.r_threshold,
+        left_out=len(results.head_stats) - len(measurable(results.head_stats)),
+        top_heads=top_heads(table),
+        ci=CI,
+        per_layer=per_layer_rows(table),
+        layer_columns=LAYER_COLUMNS,
+        head_table=head_table(results.head_stats),
+        glossary=HEAD_COLUMNS,
+        terms=glossary_terms(results.config),
+        provenance=provenance(results),
+        phase2=phase2_links(results),
+        summary=None if results.summary is None else results.summary.to_json(),
+        config=results.config,
+        circuitsvis_js=Markup(bundle_js()),
     )
 
 

@@ -13,9 +13,11 @@ import torch
 from spectra_interp import cli
 from spectra_interp.budget import arms, mask
 from spectra_interp.budget.curves import combos
+from spectra_interp.budget.plan import read_plan
 from spectra_interp.config import BUDGET_TOLERANCE
 from spectra_interp.errors import SpectraError
 from spectra_interp.metrics import keys_seen, visible_keys
+from spectra_interp.results.layout import BudgetLayout
 
 
 @pytest.mark.parametrize("window", [None, 3, 6])
@@ -91,16 +93,31 @@ def test_every_arm_meets_its_budget_when_set_and_when_masked(finished):
     for row in met["arms"]:
         assert abs(row["planned"] - row["budget"]) <= BUDGET_TOLERANCE, row
         assert abs(row["achieved"] - row["planned"]) < 1e-9, row  # the masked pass applies the plan
-    fitted = [r for r in met["arms"] if r["arm"] != arms.BOUND]
-    assert max(abs(r["planned"] - r["budget"]) for r in fitted) < 2e-3
 
 
 def test_the_plan_orders_arms_and_budgets_as_the_shards_do(finished):
-    with np.load(finished / "plan.npz") as plan:
-        budgets = tuple(plan["budgets"])
-        assert plan["log_scale"].shape == (len(arms.ARMS), len(budgets))
-        assert np.isnan(plan["log_scale"][arms.ARMS.index(arms.BOUND)]).all()
-        assert (np.diff(plan["oracle_mass"]) > 0).all()
+    plan = read_plan(BudgetLayout(finished))
+    budgets = plan.budgets
+    assert set(plan.planned) == set(arms.ARMS)
+    assert all(len(v) == len(budgets) for v in plan.planned.values())
+    for name in arms.TOP_P:
+        assert (np.diff(plan.top_p_mass[name]) > 0).all()
+    for name, arm_plan in plan.fitted.items():
+        assert arm_plan.low.shape == (len(budgets), len(arm_plan.count)), name
+        assert (np.diff(arm_plan.lam) <= 0).all()  # a larger budget, a smaller price
     shard = np.load(sorted((finished / "shards" / "masked").iterdir())[0])
     assert shard["kl"].shape[0] == len(combos(budgets)) == 1 + len(arms.ARMS) * len(budgets)
     assert (shard["kl"][0] == 0).all() and (shard["kl"][1:] >= 0).all()
+
+
+def test_the_registry_is_the_only_list_of_arms():
+    assert arms.ARMS == tuple(n for n in arms.REGISTRY if n != arms.DENSE)
+    for name in (arms.PROPOSAL, arms.RIVAL, arms.CONTROL, arms.CEILING, arms.BOUND, arms.ESTIMATED):
+        assert name in arms.REGISTRY
+    fitted = [arms.REGISTRY[n] for n in arms.FITTED]
+    # nested: each fitted arm's cells extend a coarser fitted arm's
+    for arm in fitted:
+        if arm.cells:
+            assert any(o.cells == arm.cells[:-1] and o.feature is None for o in fitted), arm.name
+    assert arms.REGISTRY[arms.CONTROL].shuffled and not arms.REGISTRY[arms.PROPOSAL].shuffled
+    assert len({a.colour for a in arms.REGISTRY.values()}) == len(arms.REGISTRY)

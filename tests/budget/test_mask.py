@@ -10,9 +10,9 @@ import torch
 from arch_matrix import CTX, WINDOW, save_tiny_model
 
 from spectra_interp.budget import arms, mask
-from spectra_interp.extract.fused import unbridged
 from spectra_interp.metrics import keys_for_mass
 from spectra_interp.models import load_model
+from spectra_interp.models.attention import unbridged
 
 SINK, LOCAL = 1, 2
 NAMES = ("llama", "mistral", "gemma2")
@@ -194,4 +194,4 @@ def test_oracle_at_mass_one_is_the_dense_pass(models, tokens):
 def test_the_attention_function_outside_a_pass_is_an_error():
     x = torch.zeros(1, 1, 2, 4)
     with pytest.raises(RuntimeError, match="outside"):
-        mask.budget_attention(torch.nn.Module(), x, x, x, None)
+        mask.BUDGET(torch.nn.Module(), x, x, x, None)

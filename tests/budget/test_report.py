@@ -15,6 +15,7 @@ from spectra_interp.budget import arms
 from spectra_interp.budget.curves import CURVE_COLUMNS
 from spectra_interp.errors import SpectraError
 from spectra_interp.viz import budget_report
+from spectra_interp.viz import page as page_module
 
 
 def _page_data(page: str) -> dict:
@@ -44,13 +45,27 @@ def test_the_report_is_one_file_built_from_the_folder(finished, tmp_path):
     per_head = pd.read_csv(finished / "per_head.csv")
     row = per_head.query("arm == 'qnorm' and budget == 0.3 and layer == 1 and head == 2")
     assert grid[1][2] == pytest.approx(row["keys_frac"].item(), abs=1e-5)
-    slope = data["rules"]["0.3"]["slope"]
-    assert slope[1][2] == pytest.approx(row["slope_log_qnorm"].item(), abs=1e-5)
+    allocation = pd.read_csv(finished / "allocation.csv")
+    cell = allocation.query(
+        "arm == 'head_position' and budget == 0.3 and layer == 1 and head == 2"
+    ).sort_values("position_bin")
+    heat = data["allocation"]["head_position"]["0.3"]
+    assert heat["rows"][1 * 4 + 2] == "L1.H2"
+    assert heat["z"][1 * 4 + 2] == pytest.approx(cell["fraction"].tolist(), abs=1e-4)
+    assert data["allocation_arms"] == ["head_position", "qnorm", "qnorm_shuffled", "entropy"]
+    ratio = data["ratio"]["data"][0]
+    assert ratio["y"] == pytest.approx([b["ratio"]["point"] for b in summary["budgets"]])
+    # the shared page: the shipped bundle draws every trace, the toolbar sends nothing
+    assert data["plotly_config"] == page_module.PLOTLY_CONFIG
+    assert page_module.plotly_js()[:2000] in page
+    figs = [*data["figures"].values(), data["ratio"]]
+    used = {t.get("type", "scatter") for f in figs for t in f["data"]} | {"heatmap"}
+    assert used <= set(page_module.bundle_trace_types())
 
 
 def test_every_column_header_has_its_meaning(finished, tmp_path):
     page = budget_report.build_budget_report(finished, tmp_path / "page.html").read_text("utf-8")
-    for table in ("comparisons", "curve-table"):
+    for table in ("comparisons", "curve-table", "source-table"):
         html = re.search(rf'<table class="grid" id="{table}">.*?</table>', page, re.S).group(0)
         heads = re.findall(r"<th([^>]*)>(.*?)</th>", html, re.S)
         assert heads and all("title=" in attrs for attrs, _ in heads), table
@@ -82,9 +97,12 @@ def test_the_report_in_headless_chromium(finished):
             "t => document.querySelector('#head-heatmap .gtitle').textContent.includes(t)",
             arg="sink_local at budget 0.3",
         )
-        page.select_option("#rule-select", "r2_gain")
-        rule_title = page.locator("#rule-heatmap .gtitle").text_content()
-        assert "R² of qnorm" in rule_title and "budget 0.3" in rule_title
+        page.select_option("#allocation-select", "entropy")
+        page.wait_for_function(
+            "t => document.querySelector('#allocation-heatmap .gtitle').textContent.includes(t)",
+            arg="entropy at budget 0.3",
+        )
+        assert page.locator("#fig-ratio .main-svg").count() > 0
         page.screenshot(path=str(ARTIFACTS / "budget_report.png"), full_page=True)
     assert seen.errors == [], f"console errors: {seen.errors}"
     assert set(seen.requests) == {url}, f"requests beyond the file: {set(seen.requests) - {url}}"

@@ -9,9 +9,11 @@ from spectra_interp.corpus.sources import (
 )
 from spectra_interp.corpus.windows import (
     META_COLUMNS,
+    control_ids,
     load_corpus,
     make_windows,
     select_windows,
+    tokenize_documents,
 )
 from spectra_interp.errors import SpectraError
 
@@ -154,3 +156,61 @@ def test_no_documents_and_bad_max_docs(tok):
         make_windows([], tok, 64)
     with pytest.raises(SpectraError, match="max_docs must be at least 1"):
         load_documents("bundled", max_docs=0)
+
+
+def _special_strings(tok) -> list[str]:
+    return sorted({t.content for t in tok.added_tokens_decoder.values() if t.special})
+
+
+def _documents_with(tok, books, strings: list[str]) -> list[Document]:
+    """Each special-token string placed at the start, in the middle and at the end of a text."""
+    base = next(iter(books.values())).text[5000:7000]
+    half = len(base) // 2
+    return [
+        Document(f"special-{i}", "test", f"{s}{base[:half]}{s}{base[half:]}{s}")
+        for i, s in enumerate(strings)
+    ]
+
+
+@pytest.mark.parametrize("with_bos", [False, True])
+def test_special_token_strings_in_text_stay_text(books, tok, bos_tok, with_bos):
+    """Every special-token string of SmolLM2's tokenizer, in text at the start, middle and end:
+    the document's ids round-trip to its text, no id is a control id, and every window has
+    exactly one BOS (at position 0) when the tokenizer adds one, none otherwise."""
+    strings = _special_strings(tok)
+    assert {tok.bos_token, tok.eos_token, "<|endoftext|>"} <= set(strings)
+    control = control_ids(tok)
+    # The reference: what plain transformers makes of the text by default (control ids).
+    default = tok(f"{strings[0]} x", add_special_tokens=False)["input_ids"]
+    assert default[0] in control
+    docs = _documents_with(tok, books, strings)
+    ids, _ = tokenize_documents(docs, tok)
+    for doc, x in zip(docs, ids, strict=True):
+        assert tok.decode(x.tolist()) == doc.text
+        assert not set(x.tolist()) & control
+    tokenizer = bos_tok if with_bos else tok
+    w = make_windows(docs, tokenizer, 64, stride=24)
+    starts = w.meta["token_offset"].to_numpy()
+    assert (starts == 0).sum() == len(docs)  # every document's first window
+    in_control = np.isin(w.tokens, np.fromiter(control, dtype=np.int64))
+    if with_bos:
+        assert (w.tokens[:, 0] == tok.bos_token_id).all()
+        assert (w.tokens == tok.bos_token_id).sum(1).tolist() == [1] * len(w)
+        assert not in_control[:, 1:].any()
+    else:
+        assert not in_control.any()
+
+
+def test_a_tokenizer_that_keeps_control_ids_is_refused(tok):
+    class Unsplit:
+        """A tokenizer that ignores split_special_tokens (as a slow one may)."""
+
+        all_special_ids = [tok.bos_token_id]
+        added_tokens_decoder = {}
+        is_fast = False
+
+        def __call__(self, texts, **kwargs):
+            return {"input_ids": [[tok.bos_token_id, 5] for _ in texts]}
+
+    with pytest.raises(SpectraError, match="control token id"):
+        tokenize_documents([Document("d", "test", "<|im_start|>x")], Unsplit())

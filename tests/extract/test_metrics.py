@@ -1,11 +1,24 @@
-"""Metric unit tests: known entropies, fp32 output for fp16 input, causal masking."""
+"""Metric unit tests: known entropies, fp32 output for fp16 input, causal masking; the fast
+extras against their first implementation."""
 
 import math
 
 import pytest
 import torch
 
-from spectra_interp.metrics import attention_entropy, keys_seen, max_entropy, query_norm
+from spectra_interp.config import Q_SCALES
+from spectra_interp.extract.extras import SampleRequest, layer_extras, sampled_logits
+from spectra_interp.metrics import (
+    MASS_SLACK,
+    attention_entropy,
+    capped,
+    keys_for_mass,
+    keys_seen,
+    max_entropy,
+    query_extras,
+    query_norm,
+    visible_keys,
+)
 
 
 def causal_uniform(n: int) -> torch.Tensor:
@@ -70,3 +83,75 @@ def test_query_norm_shape_and_value():
 def test_sliding_window_caps_keys_seen():
     assert keys_seen(6, sliding_window=4).tolist() == [1, 2, 3, 4, 4, 4]
     assert math.isclose(max_entropy(keys_seen(3))[-1].item(), math.log(3), rel_tol=1e-6)
+
+
+def reference_query_extras(logits, allowed, *, softcap, scales, mass):
+    """The extras as first written (issue 24's reference): softmax and special.entr over the full
+    rows for each scale, k_eff from a full sort."""
+    z = logits.float()
+    hidden = ~allowed
+
+    def entropy_of(s):
+        return torch.special.entr(torch.softmax(s.masked_fill(hidden, float("-inf")), -1)).sum(-1)
+
+    scaled = torch.stack([entropy_of(capped(alpha * z, softcap)) for alpha in scales], dim=-1)
+    s = capped(z, softcap).masked_fill(hidden, 0.0)
+    p = torch.softmax(s.masked_fill(hidden, float("-inf")), dim=-1)
+    ds = z.masked_fill(hidden, 0.0) * (1 - torch.tanh(z / softcap) ** 2) if softcap else s
+    mean_s, mean_ds = (p * s).sum(-1, keepdim=True), (p * ds).sum(-1, keepdim=True)
+    top = torch.sort(p, dim=-1, descending=True).values.cumsum(-1)
+    return {
+        "max_attn": p.max(dim=-1).values,
+        "k_eff": (top < mass - MASS_SLACK).sum(-1) + 1,
+        "scaled_entropy": scaled,
+        "gain": -(p * (s - mean_s) * (ds - mean_ds)).sum(-1),
+    }
+
+
+def _assert_extras_match(got, want, scale):
+    assert torch.equal(got["k_eff"], want["k_eff"])
+    for name in ("max_attn", "scaled_entropy"):
+        torch.testing.assert_close(got[name], want[name], atol=2e-5, rtol=1e-5, msg=name)
+    # the gain is a variance of logits: its rounding grows with their square
+    torch.testing.assert_close(got["gain"], want["gain"], atol=1e-5 * scale**2, rtol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("scale", [0.5, 3.0, 30.0])
+@pytest.mark.parametrize("softcap", [None, 20.0])
+@pytest.mark.parametrize("window", [None, 37])
+def test_query_extras_equal_the_reference(dtype, scale, softcap, window):
+    g = torch.Generator().manual_seed(8)
+    positions = torch.randint(0, 300, (2, 40), generator=g)
+    logits = (torch.randn(2, 3, 40, 300, generator=g) * scale).to(dtype)
+    allowed = visible_keys(positions, 300, window)[:, None]
+    kwargs = {"softcap": softcap, "scales": Q_SCALES, "mass": 0.9}
+    got = query_extras(logits, allowed, **kwargs)
+    want = reference_query_extras(logits, allowed, **kwargs)
+    _assert_extras_match(got, want, scale)
+    assert (got["scaled_entropy"] >= 0).all()
+
+
+@pytest.mark.parametrize("mass", [0.5, 0.9, 0.999, 1.0])
+def test_keys_for_mass_equals_a_full_sort(mass):
+    g = torch.Generator().manual_seed(9)
+    for temperature in (0.1, 1.0, 10.0):  # peaked rows end in the prefix, flat ones need a sort
+        p = torch.softmax(torch.randn(5, 600, generator=g) / temperature, dim=-1)
+        p[0, 300:] = 0.0
+        top = torch.sort(p, dim=-1, descending=True).values.cumsum(-1)
+        assert torch.equal(keys_for_mass(p, mass), (top < mass - MASS_SLACK).sum(-1) + 1)
+
+
+@pytest.mark.parametrize("window", [None, 50])
+@pytest.mark.parametrize("softcap", [None, 20.0])
+def test_blocked_layer_extras_equal_full_rows(window, softcap):
+    g = torch.Generator().manual_seed(10)
+    q = torch.randn(2, 4, 200, 16, generator=g) * 2
+    k = torch.randn(2, 2, 200, 16, generator=g) * 2
+    positions = torch.stack([torch.randperm(200, generator=g)[:70] for _ in range(2)])
+    request = SampleRequest(positions, Q_SCALES, 0.9)
+    got = layer_extras(q, k, request, scale=0.25, softcap=softcap, window=window, block=16)
+    logits = sampled_logits(q, k, positions, 0.25)
+    allowed = visible_keys(positions, 200, window)[:, None]
+    want = reference_query_extras(logits, allowed, softcap=softcap, scales=Q_SCALES, mass=0.9)
+    _assert_extras_match(got, want, 2.0)

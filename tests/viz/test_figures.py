@@ -103,7 +103,7 @@ def test_position_figure_draws_both_quantities_and_the_ceiling():
 
 def test_heatmap_places_each_head_and_outlines_passing_ones(table):
     fig = figures.head_heatmap(table)
-    heat, outline = fig.data
+    heat, outline, outside = fig.data
     z = np.asarray(heat.z)
     assert z.shape == (3, 2)
     assert z[2, 1] == pytest.approx(-0.7)
@@ -185,7 +185,10 @@ def test_uncertainty_and_robustness_figures(table):
 def test_scatters_curves_and_pattern(table):
     table = table.assign(gain_entropy=-0.5, slope_obs=-0.4)
     scatter = figures.random_init_scatter(table)
-    assert np.asarray(scatter.data[0].y).tolist() == table["pearson_r"].tolist()
+    passing = figures.passes_mask(table)
+    r = table["pearson_r"].to_numpy()
+    shown = np.r_[np.asarray(scatter.data[0].y), np.asarray(scatter.data[1].y)]
+    assert shown.tolist() == np.r_[r[passing], r[~passing]].tolist()
     gain = figures.gain_scatter(table)
     assert np.asarray(gain.data[0].x).tolist() == [-0.5] * 6
     frame = pd.DataFrame(
@@ -206,3 +209,66 @@ def test_token_figure_puts_each_value_on_its_token():
     assert np.asarray(fig.data[1].y).tolist() == [0.0, 0.5, 0.2]
     with pytest.raises(ValueError, match="3 tokens, 2"):
         figures.token_figure(["a", "b", "c"], np.ones(2), np.ones(3))
+
+
+def test_heatmap_colours_are_fixed_lists_with_negative_red(table):
+    for name, metric in figures.HEATMAP_METRICS.items():
+        fig = figures.head_heatmap(table.assign(temperature_share=1.0, delta_r2=0.0), name)
+        heat = fig.data[0]
+        assert (heat.zmin, heat.zmax) == (metric.zmin, metric.zmax), name
+        assert heat.zmid == metric.zmid and metric.zmin < metric.zmid < metric.zmax
+        assert metric.label in heat.hovertemplate, "the hover names the metric"
+        assert not isinstance(heat.colorscale, str)
+    low, high = figures.HEATMAP_METRICS["pearson_r"].colorscale[0][1], figures.RED_BLUE[-1][1]
+    red = [int(v) for v in low.removeprefix("rgb(").rstrip(")").split(",")]
+    blue = [int(v) for v in high.removeprefix("rgb(").rstrip(")").split(",")]
+    assert red[0] > red[2] and blue[2] > blue[0], "r < 0 red, r > 0 blue"
+    assert figures.HEATMAP_METRICS["temperature_share"].zmid == 1
+
+
+def test_values_outside_the_colour_range_are_marked(table):
+    t = table.assign(temperature_share=np.linspace(-2.0, 4.0, len(table)))
+    metric = figures.HEATMAP_METRICS["temperature_share"]
+    marks = figures.out_of_range(t, "temperature_share")
+    values = t["temperature_share"].to_numpy()
+    outside = (values < metric.zmin) | (values > metric.zmax)
+    assert len(marks["x"]) == outside.sum() > 0
+    want = ["triangle-up" if v > metric.zmax else "triangle-down" for v in values[outside]]
+    assert marks["symbol"] == want
+    fig = figures.head_heatmap(t, "temperature_share")
+    assert list(fig.data[2].x) == marks["x"] and list(fig.data[2].marker.symbol) == want
+
+
+def test_robustness_marks_the_count_the_criterion_needs(table):
+    from spectra_interp.stats.criteria import Criteria
+
+    criteria = Criteria(min_share=0.3, fdr=0.9)
+    needed = figures.heads_needed(criteria, len(table))
+    assert needed / len(table) >= 0.3 and (needed - 1) / len(table) < 0.3
+    fig = figures.robustness_figure(table, criteria)
+    counts = figures.robustness_counts(table, criteria)
+    assert fig.layout.shapes[0].y0 == needed
+    holding = counts[counts["heads"] >= needed]
+    assert f"holds up to |r| ≥ {holding['cutoff'].iloc[-1]:.2f}" in fig.data[1].text[0]
+    assert figures.heads_needed(Criteria(min_share=0.1), 270) == 27
+
+
+def test_random_init_scatter_has_a_legend(table):
+    fig = figures.random_init_scatter(table)
+    names = [t.name for t in fig.data]
+    assert names == ["passes (trained model)", "does not pass", "diagonal: no change"]
+    assert fig.layout.showlegend is not False
+    assert sum(len(t.x) for t in fig.data[:2]) == len(table)
+
+
+def test_every_figure_uses_the_registered_template(table):
+    import plotly.io as pio
+
+    assert figures.TEMPLATE in pio.templates
+    for fig in (
+        figures.head_heatmap(table), figures.uncertainty_figure(table),
+        figures.robustness_figure(table), figures.random_init_scatter(table),
+        figures.r_distribution(table), figures.verdict_figure(table),
+    ):  # fmt: skip
+        margin = pio.templates[figures.TEMPLATE].layout.margin
+        assert fig.layout.template.layout.margin.l == margin.l

@@ -1,14 +1,23 @@
 """report.html from a results folder: its contents, its size, and how it behaves in Chromium."""
 
 import base64
+import html
 import json
 import re
 import shutil
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
-from browser import ARTIFACTS, open_page
+from browser import (
+    ARTIFACTS,
+    block_outside,
+    click_every_toolbar_button,
+    left_the_machine,
+    open_page,
+    pixel,
+)
 from fake_results import make_fake_results
 
 from spectra_interp.errors import SpectraError
@@ -85,7 +94,7 @@ def test_head_panels_are_the_figure_functions_own_numbers(small):
         spec = panels[model]["1,2"]["density"]["traces"][0]["customdata"]
         bins = report.DENSITY_BINS
         got = np.frombuffer(base64.b64decode(spec["bdata"]), dtype=np.uint16).reshape(bins, bins)
-        assert spec["shape"] == f"{bins},{bins}" and (got == want.counts).all()
+        assert spec["shape"].replace(" ", "") == f"{bins},{bins}" and (got == want.counts).all()
     title = panels["trained"]["1,2"]["density"]["title"]
     n_tokens = int(res.head(1, 2)["n_tokens"])
     assert "L1 H2" in title and f"{len(res.sample(1, 2)):,} sampled of {n_tokens:,} tokens" in title
@@ -121,7 +130,7 @@ def test_report_is_one_file_with_everything_inline(small):
 def _untitled_headers(html: str) -> list[str]:
     """Column and row headers with text but no tooltip."""
     return [
-        h for a, h in re.findall(r"<th([^>]*)>(.*?)</th>", html, re.S) if h and "title=" not in a
+        h for a, h in re.findall(r"<th(\s[^>]*)?>(.*?)</th>", html, re.S) if h and "title=" not in a
     ]
 
 
@@ -131,8 +140,17 @@ def test_every_number_on_the_page_says_what_it_is(small):
     assert len(cards) >= 6 and all('title="' in c for c in cards)
     assert 'title="the pass rule holds' in page  # the glossary's own text, not a copy
     controls = re.search(r'<table class="grid controls">.*?</table>', page, re.S).group(0)
-    tops = re.findall(r'<table class="grid">\s*<tr><th title.*?</table>', page, re.S)
+    tops = re.findall(r'<table class="grid tops">\s*<tr><th title.*?</table>', page, re.S)
     assert tops and _untitled_headers(controls + "".join(tops)) == []
+    tables = [controls, *tops] + [
+        re.search(rf'<table [^>]*id="{name}".*?</table>', page, re.S).group(0)
+        for name in ("layer-table", "head-table", "files", "windows-table")
+    ]
+    for table in tables:
+        assert _untitled_headers(table) == []
+        for attrs, text in re.findall(r"<th(\s[^>]*)?>(.*?)</th>", table, re.S):
+            title = html.unescape(re.search(r'title="([^"]*)"', attrs).group(1))
+            assert title.startswith(html.unescape(text) + ":"), (text, title)
 
 
 def test_report_renders_without_summary_and_missing_parts(tmp_path, small):
@@ -156,6 +174,44 @@ def test_a_summary_without_a_verdict_field_is_named(tmp_path, small):
     (folder / "summary.json").write_text(json.dumps(recorded))
     with pytest.raises(SpectraError, match="summary.json has no 'criteria'"):
         report.load_results(folder)
+
+
+def test_verdict_says_its_caveat_with_numbers_from_the_folder(small):
+    page = report.build_report(small).read_text(encoding="utf-8")
+    res = report.load_results(small)
+    n, n_pass = len(res.head_stats), int(figures.passes_mask(res.head_stats).sum())
+    caveat = re.search(r'<div class="caveat" id="verdict-caveat">.*?</div>', page, re.S).group(0)
+    median = res.summary.beyond_r.temperature_share.median
+    assert f"median temperature share is {median:.2f}" in caveat
+    assert f"{n_pass} of {n} heads pass = {n_pass / n:.1%}" in page
+    needed = figures.heads_needed(res.criteria, n)
+    assert f"the criterion needs {needed} ({res.criteria.min_share:.0%})" in page
+    layers = re.search(r'<table class="grid" id="layer-table">.*?</table>', page, re.S).group(0)
+    for row in res.summary.per_layer:
+        assert f"<td>{row.passing}</td><td>{row.negative}</td>" in layers
+        assert f"<td>{row.mean_r:+.3f}</td>" in layers
+
+
+def test_degenerate_heads_are_left_out_of_the_figures(tmp_path, small):
+    folder = tmp_path / "degenerate"
+    shutil.copytree(small, folder)
+    table = pd.read_csv(folder / "head_stats.csv")
+    table["degenerate"] = False
+    table.loc[[0, 4], "degenerate"] = True
+    table.to_csv(folder / "head_stats.csv", index=False)
+    page = report.build_report(folder).read_text(encoding="utf-8")
+    data = _page_data(page)
+    z = np.array(data["metrics"]["pearson_r"]["z"], dtype=float)
+    for _, row in table[table["degenerate"]].iterrows():
+        head = data["heads"].index(int(row["head"]))
+        assert int(row["layer"]) not in data["layers"] or np.isnan(
+            z[head, data["layers"].index(int(row["layer"]))]
+        )
+    kept = table[~table["degenerate"]]
+    n_pass = int(figures.passes_mask(kept).sum())
+    assert f"{n_pass} of {len(kept)} heads pass" in page
+    assert "2 heads marked degenerate" in page
+    assert len(data["rows"]) == len(table), "the explorer still shows every head"
 
 
 def test_config_line_reads_flat_and_sectioned_config_json(small):
@@ -258,12 +314,13 @@ def test_report_in_headless_chromium(smollm2_sized):
             message.inner_text()
         )
         assert label.inner_text() == "L3 H2"
+        assert page.evaluate("location.hash") == "#L99H0", "the address is not rewritten"
         # the metric switch redraws the heatmap with the chosen metric
         before = page.evaluate("document.getElementById('heatmap')._fullData[0].z[0][0]")
         page.select_option("#metric-select", "random_init_r")
         page.wait_for_function(
-            "() => document.querySelector('#heatmap .cbtitle')?.textContent"
-            "?.includes('random-init r')"
+            "() => document.querySelector('#heatmap .gtitle')?.textContent"
+            "?.startsWith('random-init r')"
         )
         after = page.evaluate("document.getElementById('heatmap')._fullData[0].z[0][0]")
         assert after != before
@@ -306,3 +363,163 @@ def test_phase2_reports_of_the_same_model_are_linked(small, tmp_path):
         "adaptive-smollm2-135m-ctx512",
     ]
     assert links[0]["href"] == "../adaptive-smollm2-135m-ctx1024/report.html"
+
+
+@pytest.fixture(scope="module")
+def planted(smollm2_sized, tmp_path_factory) -> Path:
+    """The default-sized folder with one temperature share above its colour range and one
+    delta R^2 below it (the rest as the sweep wrote them)."""
+    folder = tmp_path_factory.mktemp("planted") / smollm2_sized.name
+    shutil.copytree(smollm2_sized, folder)
+    table = pd.read_csv(folder / "head_stats.csv")
+    share, delta = figures.HEATMAP_METRICS["temperature_share"], figures.HEATMAP_METRICS["delta_r2"]
+    table.loc[3, "temperature_share"] = share.zmax + 0.5
+    table.loc[7, "delta_r2"] = delta.zmin - 0.2
+    table.to_csv(folder / "head_stats.csv", index=False)
+    report.build_report(folder)
+    return folder
+
+
+def _ready(page, url: str) -> None:
+    page.goto(url)
+    page.wait_for_selector("body[data-ready='1']", timeout=60_000)
+
+
+def test_report_colours_marks_and_toolbar_in_chromium(planted):
+    url = (planted / "report.html").resolve().as_uri()
+    table = report.load_results(planted).head_stats
+    worst = table.loc[table["pearson_r"].idxmin()]
+    with open_page() as seen:
+        page = seen.page
+        block_outside(page)
+        _ready(page, url)
+        # the colour of a negative r is the same before and after a metric switch, and red
+        x, y = _cell_position(page, int(worst["layer"]), int(worst["head"]))
+        before = pixel(page, x, y)
+        page.select_option("#metric-select", "random_init_r")
+        page.wait_for_function(
+            "() => document.getElementById('heatmap').dataset.metric === 'random_init_r'"
+        )
+        page.select_option("#metric-select", "pearson_r")
+        page.wait_for_function(
+            "() => document.getElementById('heatmap').dataset.metric === 'pearson_r'"
+        )
+        x, y = _cell_position(page, int(worst["layer"]), int(worst["head"]))
+        after = pixel(page, x, y)
+        assert before == after and before[0] > before[2] + 40, (before, after)
+        # a value outside the colour range is marked where it is, and the note counts it
+        for name in ("temperature_share", "delta_r2"):
+            metric = figures.HEATMAP_METRICS[name]
+            values = pd.to_numeric(table[name], errors="coerce")
+            outside = table[(values > metric.zmax) | (values < metric.zmin)]
+            page.select_option("#metric-select", name)
+            page.wait_for_function(
+                f"() => document.getElementById('heatmap').dataset.metric === '{name}'"
+            )
+            marks = page.evaluate(
+                "() => { const t = document.getElementById('heatmap')._fullData[2];"
+                " return t.x.map((x, i) => [x, t.y[i], t.marker.symbol[i]]); }"
+            )
+            want = sorted(
+                [int(r.layer), int(r.head), "triangle-up" if v > metric.zmax else "triangle-down"]
+                for r, v in zip(outside.itertuples(), values[outside.index], strict=True)
+            )
+            assert len(want) > 0 and sorted(marks) == want
+            drawn = page.locator("#heatmap .scatterlayer .trace").nth(1).locator("path.point")
+            assert drawn.count() == len(want)
+            assert f"{len(want)} head" in page.locator("#metric-note").inner_text()
+        # every toolbar button, clicked with outside requests blocked: none sends anything
+        click_every_toolbar_button(page)
+    assert seen.errors == [], f"console errors: {seen.errors}"
+    outside_requests = left_the_machine(seen)
+    assert outside_requests == [], f"requests that would leave the machine: {outside_requests}"
+
+
+def test_report_deep_links_toggle_tables_and_tooltips_in_chromium(smollm2_sized, tmp_path):
+    url = (smollm2_sized / "report.html").resolve().as_uri()
+    table = report.load_results(smollm2_sized).head_stats
+    last = (int(table["layer"].max()), int(table["head"].min()))
+    with open_page() as seen:
+        page = seen.page
+        # a deep link selects the head and scrolls the explorer into view
+        _ready(page, f"{url}#L{last[0]}H{last[1]}")
+        assert page.locator("#head-label").inner_text() == f"L{last[0]} H{last[1]}"
+        top = page.evaluate("document.getElementById('explorer').getBoundingClientRect().top")
+        assert -2 <= top < 50 and page.evaluate("window.scrollY") > 1000
+        # an unknown head: said where the user looks, the address kept
+        page.goto("about:blank")
+        _ready(page, f"{url}#L99H0")
+        box = page.evaluate(
+            "(() => { const r = document.getElementById('head-message').getBoundingClientRect();"
+            " return [r.top, r.bottom, innerHeight]; })()"
+        )
+        assert page.locator("#head-message").is_visible() and 0 <= box[0] and box[1] <= box[2]
+        assert page.evaluate("location.hash") == "#L99H0"
+        # the random-init toggle switches or labels every panel
+        page.check("#model-random_init")
+        page.wait_for_function(
+            "() => document.querySelector('.panel[data-panel=density]').dataset.model"
+            " === 'random_init'"
+        )
+        panels = page.evaluate(
+            "Array.from(document.querySelectorAll('.panel')).map((p) => [p.dataset.panel,"
+            " p.dataset.model, p.querySelector('.model-tag').textContent,"
+            " p.querySelector('.model-tag').classList.contains('other')])"
+        )
+        assert len(panels) == 6
+        for name, shown, tag, other in panels:
+            if shown == "random_init":
+                assert tag == "random init model", name
+            else:
+                assert other and tag.startswith("trained model") and "random init" in tag, name
+        assert {p[0] for p in panels if p[1] == "random_init"} == {"density", "position"}
+        title = page.locator("#density-fig .gtitle").text_content()
+        assert "random init" in title
+        # every header tooltip names its own column
+        headers = page.evaluate(
+            "Array.from(document.querySelectorAll('th[title]'))"
+            ".map((t) => [t.textContent, t.title])"
+        )
+        assert len(headers) > 40
+        for text, tip in headers:
+            assert tip.startswith(text + ":"), (text, tip)
+        # the head table sorts by a column and downloads as CSV
+        page.locator("#head-table th", has_text="pearson_r").click()
+        first = page.locator("#head-table tbody tr").first.locator("td").nth(2)
+        assert float(first.get_attribute("data-key")) == pytest.approx(table["pearson_r"].min())
+        with page.expect_download() as download:
+            page.click("#csv-download")
+        csv = pd.read_csv(download.value.path())
+        assert len(csv) == len(table) and csv["pearson_r"].iloc[0] == pytest.approx(
+            table["pearson_r"].min()
+        )
+    assert seen.errors == [], f"console errors: {seen.errors}"
+
+
+@pytest.mark.parametrize("width", [1400, 800])
+def test_report_layout_at_two_widths(smollm2_sized, width):
+    url = (smollm2_sized / "report.html").resolve().as_uri()
+    with open_page(width=width) as seen:
+        page = seen.page
+        _ready(page, url)
+        # the heatmap keeps most of its width and its layer labels upright
+        heat = page.evaluate(
+            "(() => { const gd = document.getElementById('heatmap');"
+            " return [gd._fullLayout.xaxis._length, gd.getBoundingClientRect().width]; })()"
+        )
+        assert heat[0] > 0.75 * heat[1], heat
+        angles = page.evaluate(
+            "Array.from(document.querySelectorAll('#heatmap .xtick text'))"
+            ".map((t) => t.getAttribute('transform') || '')"
+        )
+        assert angles and not any("rotate" in a for a in angles), angles
+        # the density title fits inside its figure
+        fits = page.evaluate(
+            "(() => { const fig = document.getElementById('density-fig').getBoundingClientRect();"
+            " return Array.from(document.querySelectorAll('#density-fig .gtitle tspan, "
+            "#density-fig .gtitle'))"
+            ".every((t) => t.getBoundingClientRect().right <= fig.right); })()"
+        )
+        assert fits
+        page.screenshot(path=str(ARTIFACTS / f"report-{width}.png"), full_page=True)
+    assert seen.errors == [], f"console errors: {seen.errors}"
