@@ -238,12 +238,12 @@ def source_table(
         pick = (sources == source).to_numpy()
         tokens = pick.sum() * masked.kl.shape[-1]
         for b in sorted(budgets):
-            row: dict[str, float | str] = {"source": source, "budget": float(b)}
-            for arm in ARMS:
-                row[arm] = float(kl[pick, index[(arm, float(b))]].sum() / tokens)
-            row["ratio"] = row[PROPOSAL] / row[RIVAL] if row[RIVAL] else float("nan")
-            row["n_windows"] = int(pick.sum())
-            rows.append(row)
+            per_arm = {arm: float(kl[pick, index[(arm, float(b))]].sum() / tokens) for arm in ARMS}
+            ratio = per_arm[PROPOSAL] / per_arm[RIVAL] if per_arm[RIVAL] else float("nan")
+            rows.append(
+                {"source": source, "budget": float(b), **per_arm, "ratio": ratio,
+                 "n_windows": int(pick.sum())}
+            )  # fmt: skip
     return rows
 
 

@@ -19,10 +19,12 @@ each GQA group, and (dense passes) each query's keys at given masses (or a reduc
 
 from __future__ import annotations
 
+import functools
 import math
+import operator
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, overload
 
 import torch
 from einops import rearrange
@@ -222,10 +224,11 @@ def budget_attention(
         if run.masses:
             first = always.expand_as(p) if run.always_first else None
             counts = mass_counts(p, first, visible, masses)
-            if run.reducer is None:
+            reducer = run.reducer
+            if reducer is None:
                 gathered["by_mass"].append(counts.cpu())
             else:
-                reduced = run.reducer(counts, positions, visible, qnorm[:, :, i0:i1])
+                reduced = reducer(counts, positions, visible, qnorm[:, :, i0:i1])
                 gathered["by_mass"].append(reduced.cpu())
         if run.probe is not None:
             view = QueryBlock(
@@ -241,7 +244,9 @@ def budget_attention(
     if run.probe is not None:
         summed = run.probe.summed
         run.probed[layer] = {
-            name: sum(blocks) if name in summed else torch.cat(blocks, dim=2)
+            name: functools.reduce(operator.add, blocks)
+            if name in summed
+            else torch.cat(blocks, dim=2)
             for name, blocks in probed.items()
         }
     for name, blocks in gathered.items():
@@ -254,6 +259,16 @@ def budget_attention(
 BUDGET: CustomAttention[Pass] = CustomAttention(
     NAME, budget_attention, "spectra_interp.budget.mask"
 )
+
+
+@overload
+def forward(
+    model: Any, tokens: Tensor, run: Pass, logits: Literal[True] = True
+) -> Float[Tensor, "b t vocab"]: ...
+
+
+@overload
+def forward(model: Any, tokens: Tensor, run: Pass, logits: Literal[False]) -> None: ...
 
 
 @torch.inference_mode()

@@ -269,6 +269,7 @@ def flex_attention_call(
     d = q.shape[-1]
     positions = torch.arange(n_q, device=q.device) + offset
     n_seen = (positions + 1).clamp(max=window or n_k)[None]
+    assert aux.lse is not None, "return_aux asks for the log-sum-exp"
     entropy = entropy_from_kernel(
         aux.lse, q, k, centred, out[..., d:], n_seen,
         lambda: visible_keys(positions, n_k, window)[None, None], scale, tolerance,

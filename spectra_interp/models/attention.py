@@ -64,7 +64,7 @@ def unbridged(bridge: Any) -> Iterator[nn.Module]:
 
 
 @contextlib.contextmanager
-def attention_implementation(model: nn.Module, name: str) -> Iterator[None]:
+def attention_implementation(model: Any, name: str) -> Iterator[None]:
     """`model.config._attn_implementation` set to `name` for the block; restored afterwards."""
     config = model.config
     previous = config._attn_implementation
@@ -128,7 +128,7 @@ class CustomAttention(Generic[State]):
         AttentionMaskInterface.register(self.name, builders[self.mask])
 
     @contextlib.contextmanager
-    def active(self, bridge: Any, state: State) -> Iterator[nn.Module]:
+    def active(self, bridge: Any, state: State) -> Iterator[Any]:
         """The bridge's wrapped transformers model, unbridged and running this function with
         `state` for the block (yielded, to be called once or more); all restored afterwards."""
         self.register()

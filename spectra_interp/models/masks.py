@@ -134,7 +134,7 @@ def mask_disagreement(
             return layer, (f"the {kind} mask covers {allowed.shape[-1]} keys for {n_pos} positions")
         if torch.equal(allowed, expected):
             continue
-        bad = torch.nonzero((allowed != expected).any(-1))[0].item()
+        bad = int(torch.nonzero((allowed != expected).any(-1))[0].item())
         seen = int(allowed[bad].sum())
         future = int(allowed[bad, bad + 1 :].sum())
         detail = f"{seen} keys" + (f" ({future} of them after it)" if future else "")

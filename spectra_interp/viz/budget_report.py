@@ -11,6 +11,7 @@ script and stylesheet beside it (and the sweep report's stylesheet).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -238,7 +239,9 @@ def budget_report_html(folder: str | Path) -> str:
         "allocation_arms": [a for a in FITTED if POSITION in REGISTRY[a].cells],
         "initial_allocation": RIVAL,
         "initial": {"arm": PROPOSAL, "budget": f"{budgets[len(budgets) // 2]:g}"},
-        "template": fig_json(go.Figure(layout={"template": TEMPLATE}))["layout"]["template"],
+        "template": json.loads(go.Figure(layout={"template": TEMPLATE}).to_json())["layout"][
+            "template"
+        ],
     }
     table = curves.round(5).replace({np.nan: None})
     return render_page(

@@ -324,7 +324,7 @@ def profile_figure(compared: list[Compared], metric: str) -> go.Figure:
             go.Scatter(
                 x=x,
                 y=p[metric].tolist(),
-                customdata=np.where(np.isfinite(custom), custom, None).tolist(),
+                customdata=np.where(np.isfinite(custom), custom, np.array(None)).tolist(),
                 mode="lines+markers",
                 name=c.label,
                 legendgroup=c.label,

@@ -129,7 +129,8 @@ def provenance(results: Results) -> dict:
     ]
     env = results.config.get("environment") if isinstance(results.config, dict) else None
     env = env if isinstance(env, dict) else {}
-    packages = env.get("packages") if isinstance(env.get("packages"), dict) else {}
+    packages = env.get("packages")
+    packages = packages if isinstance(packages, dict) else {}
     return {
         "windows": [] if meta is None else meta.to_dict("records"),
         "window_columns": [] if meta is None else list(meta.columns),
