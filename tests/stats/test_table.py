@@ -100,7 +100,7 @@ def test_randomization_control_near_zero():
     np.testing.assert_array_equal(table["perm_r"], again["perm_r"])
     other = head_table(stack(windows, seed=1), n_boot=100)
     assert not np.array_equal(table["perm_r"], other["perm_r"])
-    assert verdict(table)["criteria"]["randomization_control"]["met"]
+    assert verdict(table).criteria.randomization_control.met
 
 
 def test_within_window_decomposition_and_permutation_nulls():

@@ -100,9 +100,11 @@ def test_the_summary_reads_back_as_the_same_record_with_its_keys_in_order():
     s = verdict(table, Criteria(r_threshold=0.4), run=run)
     recorded = json.loads(json.dumps(s.to_json(), allow_nan=False))
     assert list(recorded) == [
-        "hypothesis", "thresholds", "heads_total", "heads_with_r", "passing", "per_layer",
-        "controls", "criteria", "all_criteria_met", "beyond_r", "run",
+        "hypothesis", "thresholds", "heads_total", "heads_measured", "heads_with_r", "passing",
+        "per_layer", "controls", "criteria", "all_criteria_met", "beyond_r", "degenerate", "run",
     ]  # fmt: skip
     assert recorded["thresholds"]["r_threshold"] == 0.4
     assert Verdict.from_json(recorded) == s
     assert Verdict.from_json({k: v for k, v in recorded.items() if k != "run"}).run is None
+    older = {k: v for k, v in recorded.items() if k not in ("heads_measured", "degenerate")}
+    assert Verdict.from_json(older) == s  # a folder from before degenerate heads: all measured
