@@ -67,8 +67,8 @@ def test_window_level_effect_only_is_not_significant_at_cluster_level():
     assert (table["p_jackknife"] < 0.01).mean() <= 0.03
     assert not table["passes"].any()
     summary = verdict(table)
-    assert summary["passing"]["total"] == 0
-    assert not summary["criteria"]["significance"]["met"]
+    assert summary.passing.total == 0
+    assert not summary.criteria.significance.met
 
 
 def test_within_window_effect_is_significant_with_few_windows():

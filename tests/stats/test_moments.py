@@ -104,13 +104,13 @@ def test_zero_variance_head_gives_nan_without_warnings():
         warnings.simplefilter("error")
         table = head_table(stack(windows), n_boot=50)
         summary = verdict(table)
-    json.dumps(summary, allow_nan=False)
+    json.dumps(summary.to_json(), allow_nan=False)
     row = table.iloc[1]
     for col in ("pearson_r", "ci_low", "ci_high", "p_naive", "p_jackknife", "q_fdr", "perm_r"):
         assert np.isnan(row[col]), col
     assert not row["passes"] and row["sign"] == "none"
     assert table.iloc[0]["passes"] and table.iloc[2]["passes"]
-    assert summary["heads_with_r"] == 2
+    assert summary.heads_with_r == 2
 
 
 @pytest.mark.parametrize(
