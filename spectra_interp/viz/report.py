@@ -261,7 +261,10 @@ def phase2_links(results: Results) -> list[dict[str, str]]:
 
 
 def initial_heads(table: pd.DataFrame, n: int = 5) -> list[tuple[int, int]]:
-    """The heads shown first: passing heads by most negative r, then the rest by r."""
+    """The heads shown first: passing heads by most negative r, then the rest by r (L0 H0 when
+    no head is measured: every head degenerate)."""
+    if table.empty:
+        return [(0, 0)]
     if "pearson_r" not in table or table["pearson_r"].isna().all():
         return [(int(table["layer"].iloc[0]), int(table["head"].iloc[0]))]
     order = table.assign(_pass=~figures.passes_mask(table)).sort_values(["_pass", "pearson_r"])
@@ -592,7 +595,8 @@ def report_html(results: Results) -> str:
         "report.html.j2",
         css=["report.css"],
         app_js="report.js",
-        data=page_data(results, table, criteria),
+        # every head degenerate: the figures keep the grid, with no statistic to colour it
+        data=page_data(results, results.head_stats if table.empty else table, criteria),
         model=str(flat_config(results.config).get("model", "")),
         run_parts=run_parts(results.config, results),
         facts=facts,
