@@ -106,10 +106,8 @@ def summary_facts(summary: Verdict | None) -> SummaryFacts:
 
 
 def figure_heads(table: pd.DataFrame) -> pd.DataFrame:
-    """The heads the figures show: all but those head_stats marks degenerate (every head when
-    all are, so the page still draws: their r is empty)."""
-    kept = measurable(table)
-    return (kept if len(kept) else table).reset_index(drop=True)
+    """The heads the figures show: all but those head_stats marks degenerate."""
+    return measurable(table).reset_index(drop=True)
 
 
 def _patch(traces: list[dict[str, np.ndarray]], title: str) -> dict:
@@ -273,7 +271,10 @@ def phase2_links(results: Results) -> list[dict[str, str]]:
 
 
 def initial_heads(table: pd.DataFrame, n: int = 5) -> list[tuple[int, int]]:
-    """The heads shown first: passing heads by most negative r, then the rest by r."""
+    """The heads shown first: passing heads by most negative r, then the rest by r (L0 H0 when
+    no head is measured: every head degenerate)."""
+    if table.empty:
+        return [(0, 0)]
     if "pearson_r" not in table or table["pearson_r"].isna().all():
         return [(int(table["layer"].iloc[0]), int(table["head"].iloc[0]))]
     order = table.assign(_pass=~figures.passes_mask(table)).sort_values(["_pass", "pearson_r"])
@@ -585,7 +586,8 @@ def report_html(results: Results) -> str:
         "report.html.j2",
         css=["report.css"],
         app_js="report.js",
-        data=page_data(results, table, criteria),
+        # every head degenerate: the figures keep the grid, with no statistic to colour it
+        data=page_data(results, results.head_stats if table.empty else table, criteria),
         model=str(flat_config(results.config).get("model", "")),
         run_parts=run_parts(results.config, results),
         facts=facts,
@@ -595,7 +597,7 @@ def report_html(results: Results) -> str:
         controls=control_rows(table, criteria),
         control_notes=control_notes(results.summary),
         threshold=criteria.r_threshold,
-        left_out=len(results.head_stats) - len(measurable(results.head_stats)),
+        left_out=len(results.head_stats) - len(table),
         top_heads=top_heads(table),
         ci=CI,
         per_layer=per_layer_rows(table),
