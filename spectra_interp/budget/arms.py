@@ -109,23 +109,23 @@ BISECTION_WIDTH = 1e-7  # nor one whose log scale is known this well
 
 
 def always_kept_count(
-    visible: Int[Tensor, "layer pos"], sink: int, local: int
+    visible: Int[Tensor, "layer pos"], sink: int, recent: int
 ) -> Int[Tensor, "layer pos"]:
-    """How many visible keys every arm keeps: the first `sink` tokens of the window and the `local`
+    """How many visible keys every arm keeps: the first `sink` tokens of the window and the `recent`
     most recent keys (the query's own included), counted once where they overlap."""
     t = torch.arange(visible.shape[-1], dtype=torch.int64)
     lo = t - visible + 1  # the first visible key
     n_sink = (torch.clamp(torch.full_like(t, sink), max=t + 1) - lo).clamp(min=0)
-    n_local = visible.clamp(max=local)
-    overlap = torch.minimum(torch.full_like(t, sink - 1), t) - torch.maximum(lo, t - local + 1)
-    return n_sink + n_local - (overlap + 1).clamp(min=0)
+    n_recent = visible.clamp(max=recent)
+    overlap = torch.minimum(torch.full_like(t, sink - 1), t) - torch.maximum(lo, t - recent + 1)
+    return n_sink + n_recent - (overlap + 1).clamp(min=0)
 
 
 def fewest_keys(
-    visible: Int[Tensor, "layer pos"], sink: int, local: int
+    visible: Int[Tensor, "layer pos"], sink: int, recent: int
 ) -> Int[Tensor, "layer pos"]:
     """The fewest keys a query may keep: the always-kept ones, and at least one."""
-    return always_kept_count(visible, sink, local).clamp(min=1)
+    return always_kept_count(visible, sink, recent).clamp(min=1)
 
 
 def floor_budget(
@@ -135,13 +135,13 @@ def floor_budget(
     return float((fewest[:, skip_first:] / visible[:, skip_first:]).double().mean())
 
 
-def check_budgets(budgets: tuple[float, ...], floor: float, sink: int, local: int) -> None:
+def check_budgets(budgets: tuple[float, ...], floor: float, sink: int, recent: int) -> None:
     """Refuse, in one sentence, a budget below what the always-kept keys already take."""
     low = [b for b in budgets if b < floor]
     if low:
         raise SpectraError(
             f"--budgets {min(low)} is below {floor:.3f}, the mean share of visible keys that the "
-            f"always-kept keys (--sink {sink}, --recent {local}) already take; ask for at least "
+            f"always-kept keys (--sink {sink}, --recent {recent}) already take; ask for at least "
             f"{math.ceil(floor * 1000) / 1000:.3f} or keep fewer keys."
         )
 

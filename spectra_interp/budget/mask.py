@@ -8,7 +8,7 @@ One function serves the dense reference and every arm, over blocks of queries, i
 1. scores s = scale · q·k, soft-capped first where the model caps them (Gemma-2);
 2. the visible keys: causal, inside the layer's sliding window, and inside the model's own mask;
 3. the kept keys: with a count per query, the always-kept keys (the first `sink` tokens, the
-   `local` most recent) and then the highest scores (exact top-k), or for the recency arm the
+   `recent` most recent) and then the highest scores (exact top-k), or for the recency arm the
    most recent keys; without counts, every visible key;
 4. the softmax over the kept keys only.
 
@@ -42,12 +42,12 @@ SCORE, RECENCY = "score", "recency"
 
 
 def always_kept(
-    positions: Int[Tensor, " q"], n_keys: int, sink: int, local: int
+    positions: Int[Tensor, " q"], n_keys: int, sink: int, recent: int
 ) -> Bool[Tensor, "q key"]:
-    """The keys every arm keeps: the window's first `sink` tokens and the `local` most recent
+    """The keys every arm keeps: the window's first `sink` tokens and the `recent` most recent
     keys (the query's own included); intersect with the visible keys before use."""
     key = torch.arange(n_keys, device=positions.device)
-    return (key < sink) | (key > positions[:, None] - local)
+    return (key < sink) | (key > positions[:, None] - recent)
 
 
 def keep_top(
@@ -118,13 +118,13 @@ class Probe:
 
 
 @dataclass
-class Pass:
+class MaskState:
     """One forward pass: what each query keeps, and what is gathered per layer (on the CPU)."""
 
     modules: dict[int, int]  # id(attention module) -> layer
     spec: AttentionSpec
     sink: int
-    local: int
+    recent: int
     counts: Int[Tensor, "b layer head pos"] | None = None  # None: every visible key
     order: str = SCORE
     masses: tuple[float, ...] = ()  # keys holding these masses (dense passes)
@@ -149,14 +149,14 @@ class Pass:
         return torch.stack([self.probed[layer][name] for layer in range(self.spec.n_layers)], 1)
 
 
-def new_pass(model: Any, sink: int, local: int, **kwargs: Any) -> Pass:
+def mask_state(model: Any, sink: int, recent: int, **kwargs: Any) -> MaskState:
     """A pass over a bridge loaded with `load_model`."""
     modules = {id(block.attn.original_component): i for i, block in enumerate(model.blocks)}
-    return Pass(modules=modules, spec=spec_of(model), sink=sink, local=local, **kwargs)
+    return MaskState(modules=modules, spec=spec_of(model), sink=sink, recent=recent, **kwargs)
 
 
 def _block_keep(
-    run: Pass,
+    run: MaskState,
     layer: int,
     rows: slice,
     s: Float[Tensor, "b h q key"],
@@ -178,7 +178,7 @@ def _block_keep(
 
 
 def budget_attention(
-    run: Pass,
+    run: MaskState,
     module: nn.Module,
     query: Float[Tensor, "b h t d"],
     key: Float[Tensor, "b kv s d"],
@@ -210,7 +210,7 @@ def budget_attention(
         positions = torch.arange(i0, i1, device=query.device) + offset
         allowed = visible_keys(positions, keys, window)[None, None]
         allowed = allowed & model_allowed[..., i0:i1, :keys]
-        always = always_kept(positions, keys, run.sink, run.local) & allowed
+        always = always_kept(positions, keys, run.sink, run.recent) & allowed
         visible = allowed[0, 0].sum(-1)
         s = torch.einsum("bhqd,bhkd->bhqk", query[:, :, i0:i1].float(), k[:, :, :keys].float())
         s = capped(s * scale, softcap)
@@ -256,24 +256,24 @@ def budget_attention(
     return rearrange(out, "b h t e -> b t h e").contiguous(), None
 
 
-BUDGET: CustomAttention[Pass] = CustomAttention(
+BUDGET: CustomAttention[MaskState] = CustomAttention(
     NAME, budget_attention, "spectra_interp.budget.mask"
 )
 
 
 @overload
 def forward(
-    model: Any, tokens: Tensor, run: Pass, logits: Literal[True] = True
+    model: Any, tokens: Tensor, run: MaskState, logits: Literal[True] = True
 ) -> Float[Tensor, "b t vocab"]: ...
 
 
 @overload
-def forward(model: Any, tokens: Tensor, run: Pass, logits: Literal[False]) -> None: ...
+def forward(model: Any, tokens: Tensor, run: MaskState, logits: Literal[False]) -> None: ...
 
 
 @torch.inference_mode()
 def forward(
-    model: Any, tokens: Int[Tensor, "b t"], run: Pass, logits: bool = True
+    model: Any, tokens: Int[Tensor, "b t"], run: MaskState, logits: bool = True
 ) -> Float[Tensor, "b t vocab"] | None:
     """One teacher-forced forward of the wrapped model under `run`; the next-token logits (or
     None with `logits=False`, which stops before the unembedding)."""

@@ -68,7 +68,7 @@ def calibration_block(
 ) -> list[dict]:  # fmt: skip
     n_heads = model.spectra_spec.n_heads
     probe = LossCurves(grid_counts(window_ids, geometry, n_heads, config), config.loss)
-    run = mask.new_pass(model, config.sink, config.recent, probe=probe)
+    run = mask.mask_state(model, config.sink, config.recent, probe=probe)
     mask.forward(model, tokens, run, logits=False)
     first = geometry.first
     qnorm = run.stacked("qnorm").numpy()
@@ -79,7 +79,7 @@ def calibration_block(
 
 def evaluation_block(model: Any, tokens: torch.Tensor, config: BudgetConfig) -> list[dict]:
     bits = arms.REGISTRY[arms.ESTIMATED].estimate_bits
-    run = mask.new_pass(
+    run = mask.mask_state(
         model, config.sink, config.recent, masses=arms.ORACLE_GRID,
         reducer=evaluated_share(config.skip_first),
         probe=EstimatedTopP(arms.ORACLE_GRID, bits, first=config.skip_first, with_entropy=True),
@@ -115,7 +115,7 @@ def masked_block(
         window_inputs(store.read_shard(layout, EVAL, w), w, geometry, config) for w in window_ids
     ]
     bits = arms.REGISTRY[arms.ESTIMATED].estimate_bits
-    dense = mask.new_pass(
+    dense = mask.mask_state(
         model, config.sink, config.recent, masses=tuple(plan.top_p_mass[arms.BOUND]),
         probe=EstimatedTopP(tuple(plan.top_p_mass[arms.ESTIMATED]), bits),
     )  # fmt: skip
@@ -133,7 +133,7 @@ def masked_block(
         else:
             counts = arm_counts(arm, budgets.index(budget), plan, inputs, top_p, geometry, n_heads)
             order = mask.RECENCY if arms.REGISTRY[arm].keys == arms.RECENCY_KEYS else mask.SCORE
-            run = mask.new_pass(model, config.sink, config.recent, counts=counts, order=order)
+            run = mask.mask_state(model, config.sink, config.recent, counts=counts, order=order)
             logits = mask.forward(model, tokens, run)
         quality = token_quality(reference, logits[:, first:-1], targets)
         kept_keys = run.stacked("kept")[..., first:].double()

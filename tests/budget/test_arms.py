@@ -21,14 +21,14 @@ from spectra_interp.results.layout import BudgetLayout
 
 
 @pytest.mark.parametrize("window", [None, 3, 6])
-@pytest.mark.parametrize(("sink", "local"), [(1, 4), (0, 1), (3, 0), (2, 2), (0, 0)])
-def test_always_kept_count_is_the_mask_count(window, sink, local):
+@pytest.mark.parametrize(("sink", "recent"), [(1, 4), (0, 1), (3, 0), (2, 2), (0, 0)])
+def test_always_kept_count_is_the_mask_count(window, sink, recent):
     visible = keys_seen(20, window)[None]
     positions = torch.arange(20)
     seen = visible_keys(positions, 20, window)
-    want = (mask.always_kept(positions, 20, sink, local) & seen).sum(-1)
-    assert torch.equal(arms.always_kept_count(visible, sink, local)[0], want)
-    assert (arms.fewest_keys(visible, sink, local) >= 1).all()
+    want = (mask.always_kept(positions, 20, sink, recent) & seen).sum(-1)
+    assert torch.equal(arms.always_kept_count(visible, sink, recent)[0], want)
+    assert (arms.fewest_keys(visible, sink, recent) >= 1).all()
 
 
 @pytest.mark.parametrize("target", [0.12, 0.3, 0.55, 0.9])

@@ -77,18 +77,18 @@ def eager(model, tokens, masks=None):
 @pytest.mark.parametrize("name", NAMES)
 def test_dense_pass_is_the_models_own_forward(models, tokens, name):
     model = models[name]
-    dense = mask.forward(model, tokens, mask.new_pass(model, SINK, LOCAL))
+    dense = mask.forward(model, tokens, mask.mask_state(model, SINK, LOCAL))
     torch.testing.assert_close(dense, eager(model, tokens).logits, atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_every_arm_at_full_budget_is_the_dense_pass_exactly(models, tokens, name):
     model = models[name]
-    dense = mask.forward(model, tokens, mask.new_pass(model, SINK, LOCAL))
+    dense = mask.forward(model, tokens, mask.mask_state(model, SINK, LOCAL))
     spec = model.spectra_spec
     full = spec.keys_seen(CTX)[None, :, None].expand(2, -1, spec.n_heads, -1)
     for order in (mask.SCORE, mask.RECENCY):
-        run = mask.new_pass(model, SINK, LOCAL, counts=full, order=order)
+        run = mask.mask_state(model, SINK, LOCAL, counts=full, order=order)
         assert torch.equal(mask.forward(model, tokens, run), dense), order
 
 
@@ -100,7 +100,7 @@ def test_kept_keys_are_the_always_kept_and_the_top_scores(models, tokens, name):
     model = models[name]
     spec = model.spectra_spec
     counts = random_counts(model, seed=1)
-    run = mask.new_pass(model, SINK, LOCAL, counts=counts, keep_masks=True)
+    run = mask.mask_state(model, SINK, LOCAL, counts=counts, keep_masks=True)
     mask.forward(model, tokens, run)
     weights = eager(model, tokens).attentions[0]
     visible = visible_mask(spec.windows[0])
@@ -127,10 +127,10 @@ def test_kept_keys_are_the_always_kept_and_the_top_scores(models, tokens, name):
 def test_masked_logits_equal_eager_attention_under_the_recorded_masks(models, tokens, name):
     model = models[name]
     for order in (mask.SCORE, mask.RECENCY):
-        run = mask.new_pass(model, SINK, LOCAL, counts=random_counts(model, 2), order=order,
+        run = mask.mask_state(model, SINK, LOCAL, counts=random_counts(model, 2), order=order,
                             keep_masks=True)  # fmt: skip
         logits = mask.forward(model, tokens, run)
-        dense = mask.forward(model, tokens, mask.new_pass(model, SINK, LOCAL))
+        dense = mask.forward(model, tokens, mask.mask_state(model, SINK, LOCAL))
         assert (logits - dense).abs().max() > 1e-2, "the masks change the output"
         direct = eager(model, tokens, run.masks).logits
         torch.testing.assert_close(logits, direct, atol=1e-5, rtol=0)
@@ -139,7 +139,7 @@ def test_masked_logits_equal_eager_attention_under_the_recorded_masks(models, to
 def test_the_recency_arm_keeps_the_sink_and_the_most_recent_keys(models, tokens):
     model = models["llama"]
     counts = random_counts(model, 3)
-    run = mask.new_pass(model, SINK, LOCAL, counts=counts, order=mask.RECENCY, keep_masks=True)
+    run = mask.mask_state(model, SINK, LOCAL, counts=counts, order=mask.RECENCY, keep_masks=True)
     mask.forward(model, tokens, run)
     for i in range(CTX):
         k = int(counts[0, 1, 0, i])
@@ -152,7 +152,7 @@ def test_the_recency_arm_keeps_the_sink_and_the_most_recent_keys(models, tokens)
 
 def test_the_union_over_a_gqa_group_counts_keys_read_once(models, tokens):
     model = models["llama"]
-    run = mask.new_pass(model, SINK, LOCAL, counts=random_counts(model, 4), keep_masks=True)
+    run = mask.mask_state(model, SINK, LOCAL, counts=random_counts(model, 4), keep_masks=True)
     mask.forward(model, tokens, run)
     kept = run.masks[1]  # [b, head, q, k]; heads (0, 1) share KV head 0
     assert torch.equal(run.union[1][:, 0], (kept[:, 0] | kept[:, 1]).sum(-1))
@@ -181,12 +181,12 @@ def test_mass_counts_are_the_smallest_set_holding_the_mass():
 
 def test_oracle_at_mass_one_is_the_dense_pass(models, tokens):
     model = models["mistral"]
-    dense_run = mask.new_pass(model, SINK, LOCAL, masses=(1.0,))
+    dense_run = mask.mask_state(model, SINK, LOCAL, masses=(1.0,))
     dense = mask.forward(model, tokens, dense_run)
     counts = dense_run.stacked("by_mass")[..., 0]
     spec = model.spectra_spec
     assert torch.equal(counts, spec.keys_seen(CTX)[None, :, None].expand_as(counts))
-    oracle = mask.forward(model, tokens, mask.new_pass(model, SINK, LOCAL, counts=counts))
+    oracle = mask.forward(model, tokens, mask.mask_state(model, SINK, LOCAL, counts=counts))
     assert torch.equal(oracle, dense)
     assert spec.windows == (WINDOW,) * spec.n_layers
 

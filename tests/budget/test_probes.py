@@ -37,11 +37,11 @@ def tokens():
 
 
 def test_estimated_top_p_with_unquantised_keys_is_the_oracle(model, tokens):
-    run = mask.new_pass(model, SINK, LOCAL, masses=MASSES, probe=EstimatedTopP(MASSES, None))
+    run = mask.mask_state(model, SINK, LOCAL, masses=MASSES, probe=EstimatedTopP(MASSES, None))
     mask.forward(model, tokens, run, logits=False)
     oracle, estimated = run.stacked("by_mass"), run.probed_stack("estimated")
     assert torch.equal(oracle, estimated)
-    quant = mask.new_pass(model, SINK, LOCAL, masses=MASSES, probe=EstimatedTopP(MASSES, 2))
+    quant = mask.mask_state(model, SINK, LOCAL, masses=MASSES, probe=EstimatedTopP(MASSES, 2))
     mask.forward(model, tokens, quant, logits=False)
     assert not torch.equal(oracle, quant.probed_stack("estimated"))  # 2 bits do move counts
 
@@ -65,7 +65,7 @@ def test_loss_curves_fall_to_zero_at_every_key(model, tokens, loss):
     grid = np.stack(
         [al.kept_counts(np.asarray(f), n, fewest.numpy()[:, None, :], u) for f in al.FRACTIONS], -1
     )
-    run = mask.new_pass(model, SINK, LOCAL, probe=LossCurves(torch.from_numpy(grid), loss))
+    run = mask.mask_state(model, SINK, LOCAL, probe=LossCurves(torch.from_numpy(grid), loss))
     mask.forward(model, tokens, run, logits=False)
     curves = run.probed_stack("loss").float()
     assert curves.shape == (2, spec.n_layers, spec.n_heads, CTX, len(al.FRACTIONS))
