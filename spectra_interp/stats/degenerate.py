@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from jaxtyping import Float
+from jaxtyping import Bool, Float
 
 # A head is degenerate when half its tokens lie within this relative distance of the median...
 SPREAD_FLOOR = 1.5e-5
@@ -94,24 +94,23 @@ def degenerate_reasons(
     return reasons
 
 
-def _reasons(table: pd.DataFrame) -> pd.Series:
-    """The `degenerate` column as strings ("" for a measured head; a CSV reads empty as NaN)."""
-    return table[COLUMN].astype("string").fillna("")
+def is_degenerate(table: pd.DataFrame) -> Bool[np.ndarray, " row"]:
+    """Per row of a head table, whether the head is degenerate: its `degenerate` column holds a
+    reason ("" or NaN, as a CSV reads an empty cell, for a measured head; no column: none)."""
+    if COLUMN not in table.columns:
+        return np.zeros(len(table), dtype=bool)
+    return (table[COLUMN].astype("string").fillna("") != "").to_numpy()
 
 
 def measurable(table: pd.DataFrame) -> pd.DataFrame:
     """The rows of a head table that are not degenerate (all rows of a table without the
     column)."""
-    if COLUMN not in table.columns:
-        return table
-    return table[_reasons(table) == ""]
+    return table[~is_degenerate(table)]
 
 
 def degenerate_summary(table: pd.DataFrame) -> dict:
     """How many heads were left out as degenerate, and which, with their reasons."""
-    if COLUMN not in table.columns:
-        return {"count": 0, "heads": []}
-    flagged = table[_reasons(table) != ""]
+    flagged = table[is_degenerate(table)]
     return {
         "count": int(len(flagged)),
         "heads": [

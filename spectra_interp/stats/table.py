@@ -11,6 +11,7 @@ from spectra_interp.stats.beyond import SampleArrays, delta_r2, sample_columns, 
 from spectra_interp.stats.clusters import Clusters
 from spectra_interp.stats.columns import HEAD_COLUMNS
 from spectra_interp.stats.criteria import Criteria
+from spectra_interp.stats.degenerate import COLUMN as DEGENERATE
 from spectra_interp.stats.inference import (
     CI_LEVEL,
     bootstrap_ci,
@@ -113,7 +114,7 @@ def head_table(
         "n_windows": (s[..., Moment.N] > 0).sum(0).astype(np.int64),
         "cluster_unit": np.full((n_layers, n_heads), clusters.unit),
         "n_clusters": np.full((n_layers, n_heads), clusters.n, dtype=np.int64),
-        "degenerate": reasons,
+        DEGENERATE: reasons,
         "pearson_r": r,
         "pearson_r_log": pooled["pearson_r_log"],
         "spearman_rho": spearman,

@@ -28,11 +28,9 @@ from spectra_interp.results.layout import (
 )
 from spectra_interp.results.load import checked_shards, read_json_object
 from spectra_interp.stats.criteria import Criteria
+from spectra_interp.stats.degenerate import is_degenerate
 from spectra_interp.stats.verdict import RunFacts, Verdict
 
-# The head_stats.csv column that marks a head whose statistics are undefined (constant ‖q‖ or
-# H); such heads are left out of every share and figure of a comparison when it is present.
-DEGENERATE = "degenerate"
 PHASE2 = 2
 
 
@@ -131,11 +129,9 @@ class SweepRun:
         """Heads that count in shares and figures: all but those marked degenerate."""
         a = self.architecture
         keep = np.ones((a.n_layers, a.n_heads), dtype=bool)
-        if DEGENERATE in self.head_stats:
-            t = self.head_stats
-            # the column holds the reason ("constant ‖q‖", ...); empty (NaN in a CSV): measured
-            flag = (t[DEGENERATE].astype("string").fillna("").str.strip() != "").to_numpy()
-            keep[t["layer"].to_numpy()[flag], t["head"].to_numpy()[flag]] = False
+        t = self.head_stats
+        flag = is_degenerate(t)
+        keep[t["layer"].to_numpy()[flag], t["head"].to_numpy()[flag]] = False
         return keep
 
     @property
