@@ -11,7 +11,7 @@ jackknife (CV3), and t is referred to Student t on (documents - 1) degrees of fr
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 import numpy as np
@@ -91,6 +91,11 @@ class Masked:
     union: Float[np.ndarray, "window combo"]  # sum over (layer, KV head, query) of union / visible
     n_queries: int  # evaluated queries per (window, layer, head)
     n_kv_heads: int
+
+    def rows(self, pick: Bool[np.ndarray, " window"]) -> Masked:
+        """The windows `pick` selects, in order."""
+        arrays = {f.name: getattr(self, f.name) for f in fields(self)}
+        return replace(self, **{k: v[pick] for k, v in arrays.items() if isinstance(v, np.ndarray)})
 
 
 def curve_table(
@@ -227,22 +232,29 @@ def verdicts(
 
 
 def source_table(
-    masked: Masked, budgets: tuple[float, ...], sources: pd.Series
-) -> list[dict[str, float | str]]:
-    """Per source of the evaluation windows: each arm's mean KL and the ratio qnorm /
-    head_position, per budget."""
+    masked: Masked,
+    budgets: tuple[float, ...],
+    sources: pd.Series,
+    clusters: Clusters,
+    **inference: Any,
+) -> list[dict[str, Any]]:
+    """Per source of the evaluation windows and budget: each arm's mean KL, and the verdict
+    (`verdicts`, with `inference`'s alpha, margin, n_boot and seed) on that source's documents
+    alone: its ratio qnorm / head_position with the interval, and its call."""
     rows = []
     index = {combo: c for c, combo in enumerate(combos(budgets))}
     kl = masked.kl.sum(-1, dtype=np.float64)
     for source in sorted(sources.unique()):
         pick = (sources == source).to_numpy()
         tokens = pick.sum() * masked.kl.shape[-1]
-        for b in sorted(budgets):
+        own = Clusters(pd.factorize(clusters.ids[pick])[0].astype(np.int64), clusters.unit)
+        called = verdicts(masked.rows(pick), budgets, own, **inference)
+        for b, v in zip(sorted(budgets), called, strict=True):
             per_arm = {arm: float(kl[pick, index[(arm, float(b))]].sum() / tokens) for arm in ARMS}
-            ratio = per_arm[PROPOSAL] / per_arm[RIVAL] if per_arm[RIVAL] else float("nan")
             rows.append(
-                {"source": source, "budget": float(b), **per_arm, "ratio": ratio,
-                 "n_windows": int(pick.sum())}
+                {"source": source, "budget": float(b), **per_arm, "ratio": v.ratio.point,
+                 "ratio_low": v.ratio.low, "ratio_high": v.ratio.high, "call": v.call,
+                 "n_windows": int(pick.sum()), "n_documents": own.n}
             )  # fmt: skip
     return rows
 

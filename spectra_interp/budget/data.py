@@ -1,9 +1,10 @@
 """The two disjoint sets of documents: calibration (fits the allocation) and evaluation (tests it).
 
 Documents, not windows, are split, so no text that fitted an allocation ever judges it. The
-split is drawn from the seed; each side is then cut into windows as the sweep cuts them
-(`make_windows`, spread across documents), and written once to the results folder so a resumed
-run reads the very same windows back.
+split is drawn from the seed, per source (books and code alike on both sides); each side is then
+cut into windows as the sweep cuts them (`make_windows`, spread across documents, the sources
+taking turns: every book of a side is read before code fills the rest), and written once to
+the results folder so a resumed run reads the very same windows back.
 """
 
 from __future__ import annotations
@@ -57,16 +58,25 @@ def phase2_documents(spec: str) -> list[Document]:
 def split_documents(
     docs: Sequence[Document], share: float, seed: int
 ) -> tuple[list[Document], list[Document]]:
-    """(calibration, evaluation): a seeded permutation of the documents, the first
-    round(share · n) of them (at least one, and one left) for calibration, in corpus order."""
+    """(calibration, evaluation), each in corpus order, stratified by source: of each source's
+    documents, in a seeded order, the first round(share · n) go to calibration (at least one, and
+    one left, where the source has two or more), so that every source is judged on documents of
+    its own that it did not fit. SpectraError with fewer than 2 documents."""
     if len(docs) < 2:
         raise SpectraError(
             f"Phase 2 fits on some documents and evaluates on others, so it needs at least 2 "
             f"documents; the corpus has {len(docs)}."
         )
-    order = np.random.default_rng(seed).permutation(len(docs))
-    n_cal = min(max(round(share * len(docs)), 1), len(docs) - 1)
-    chosen = set(order[:n_cal].tolist())
+    rng = np.random.default_rng(seed)
+    sources = pd.Series([d.source for d in docs])
+    chosen: set[int] = set()
+    for source in sources.unique():
+        members = rng.permutation(np.flatnonzero((sources == source).to_numpy()))
+        n = len(members)
+        n_cal = min(max(round(share * n), 1), n - 1) if n >= 2 else 0
+        chosen.update(members[:n_cal].tolist())
+    if not chosen:  # every source has one document: split the documents themselves
+        chosen = {int(rng.integers(len(docs)))}
     calibration = [d for i, d in enumerate(docs) if i in chosen]
     evaluation = [d for i, d in enumerate(docs) if i not in chosen]
     return calibration, evaluation
@@ -91,7 +101,7 @@ def build_splits(config: BudgetConfig, tokenizer: Any) -> dict[str, Windows]:
         try:
             out[split] = make_windows(
                 docs, tokenizer, config.ctx, stride=config.stride, max_windows=max_windows,
-                seed=config.seed, pack=config.pack,
+                seed=config.seed, pack=config.pack, by_source=True,
             )  # fmt: skip
         except SpectraError as err:
             raise SpectraError(f"The {split} documents give no window: {err}.") from err

@@ -210,10 +210,11 @@ def finalize(
     curves = curve_table(
         masked, budgets, clusters, plan.transfer_budget, n_boot=config.n_boot, seed=config.seed
     )
-    per_budget = verdicts(
-        masked, budgets, clusters, alpha=config.alpha, margin=config.margin, n_boot=config.n_boot,
-        seed=config.seed,
-    )  # fmt: skip
+    inference = {
+        "alpha": config.alpha, "margin": config.margin, "n_boot": config.n_boot,
+        "seed": config.seed,
+    }  # fmt: skip
+    per_budget = verdicts(masked, budgets, clusters, **inference)
     level = 1 - 2 * config.alpha
     summary = vd.Summary(
         question=QUESTION,
@@ -224,7 +225,7 @@ def finalize(
         n_documents=clusters.n,
         budgets=per_budget,
         budgets_met=budget_report(curves, plan.planned, budgets),
-        by_source=source_table(masked, budgets, meta["source"].astype(str)),
+        by_source=source_table(masked, budgets, meta["source"].astype(str), clusters, **inference),
         run=_run_facts(config, splits, clusters, plan, timings),
     )
     n_layers, n_heads = masked.kept.shape[2:]
@@ -233,6 +234,12 @@ def finalize(
     store.write_csv(layout.allocation, allocation_table(plan, n_layers, n_heads))
     log(curves.round(4).to_string(index=False))
     log(f"Verdict: {summary.verdict}")
+    for row in summary.by_source:
+        ratio = vd.Interval(row["ratio"], row["ratio_low"], row["ratio_high"])
+        log(
+            f"  {row['source']} ({row['n_documents']} documents) at budget {row['budget']:g}: "
+            f"{row['call']} (KL ratio {ratio.text()})"
+        )
     met = summary.budgets_met
     if not met["met"]:
         worst, tolerance = met["worst_abs_error"], met["tolerance"]

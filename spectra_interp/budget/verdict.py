@@ -40,6 +40,12 @@ class Interval:
     low: float | None
     high: float | None
 
+    def text(self) -> str:
+        """'point [low, high]' to three decimals, or 'n/a'."""
+        if self.point is None or self.low is None or self.high is None:
+            return "n/a"
+        return f"{self.point:.3f} [{self.low:.3f}, {self.high:.3f}]"
+
 
 def _finite(value: Any) -> float | None:
     value = float(value)
@@ -170,8 +176,7 @@ def sentence(verdicts: list[BudgetVerdict], n_documents: int, margin: float, lev
     """The finding in one sentence, whichever way it went."""
     parts = []
     for v in verdicts:
-        r = v.ratio
-        span = "n/a" if r.point is None else f"{r.point:.3f} [{r.low:.3f}, {r.high:.3f}]"
+        span = v.ratio.text()
         more = (
             f", about {v.documents_to_decide} documents would decide it"
             if v.call == UNDECIDED and v.documents_to_decide

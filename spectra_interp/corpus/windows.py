@@ -124,12 +124,20 @@ def _refuse_control_ids(docs: Sequence[Document], ids: list[np.ndarray], control
 
 
 def select_windows(
-    documents: Int64[np.ndarray, " candidate"], max_windows: int | None, seed: int
+    documents: Int64[np.ndarray, " candidate"],
+    max_windows: int | None,
+    seed: int,
+    sources: np.ndarray | None = None,
 ) -> np.ndarray:
     """Indices (int64, sorted) of the candidate windows to keep: all, or `max_windows` spread
     across documents. Stratified: documents take turns in a seeded order, each giving one window
     (seeded, without replacement) per turn until it runs out, so the windows come from as many
-    documents as there are windows, and the inference has as many documents as possible."""
+    documents as there are windows, and the inference has as many documents as possible.
+
+    With `sources` (one label per candidate), the sources also take turns inside each turn of
+    the documents: every source's next unused document is taken before any source gives a
+    second window of one document, so a source with few documents (books beside many code
+    files) is not left to chance. One source gives the unstratified order."""
     documents = np.asarray(documents)
     n = len(documents)
     if max_windows is None or max_windows >= n:
@@ -138,14 +146,17 @@ def select_windows(
     names = np.unique(documents)
     queues = [rng.permutation(np.flatnonzero(documents == d)) for d in names]
     order = rng.permutation(len(names))
+    labels = np.zeros(n, dtype=np.int64) if sources is None else pd.factorize(sources)[0]
+    source_of = [int(labels[queue[0]]) for queue in queues]
+    by_source = [[int(d) for d in order if source_of[d] == s] for s in np.unique(source_of)]
     chosen: list[int] = []
     turn = 0
     while len(chosen) < max_windows:
-        for d in order:
-            if turn < len(queues[d]) and len(chosen) < max_windows:
-                chosen.append(int(queues[d][turn]))
+        lists = [[int(queues[d][turn]) for d in ds if turn < len(queues[d])] for ds in by_source]
+        for i in range(max(map(len, lists))):
+            chosen.extend(lst[i] for lst in lists if i < len(lst))
         turn += 1
-    return np.sort(np.array(chosen, dtype=np.int64))
+    return np.sort(np.array(chosen[:max_windows], dtype=np.int64))
 
 
 @dataclass(frozen=True)
@@ -185,6 +196,7 @@ def make_windows(
     max_windows: int | None = None,
     seed: int = 0,
     pack: bool = False,
+    by_source: bool = False,
 ) -> Windows:
     """Cut documents into windows of `ctx` token ids, each from one document.
 
@@ -201,7 +213,7 @@ def make_windows(
     window are skipped, or with `pack=True` concatenated in order, separated by the EOS
     token where the tokenizer has one, and cut into windows the same way. Candidates are in
     document order; `max_windows` keeps a subset spread across documents by `seed`
-    (`select_windows`, sorted), None keeps all.
+    (`select_windows`, sorted), None keeps all; `by_source` makes the sources take turns too.
     """
     docs = list(docs)
     if not docs:
@@ -228,7 +240,8 @@ def make_windows(
     starts = _in_document_order(starts, body)
 
     first_documents = np.array([_first_document(stream, a, body) for stream, a in starts])
-    keep = select_windows(first_documents, max_windows, seed)
+    sources = np.array([docs[d].source for d in first_documents]) if by_source else None
+    keep = select_windows(first_documents, max_windows, seed, sources)
     tokens = np.empty((len(keep), ctx), dtype=np.int64)
     rows = []
     for w, k in enumerate(keep):

@@ -70,6 +70,14 @@ def test_results_folder_is_complete(finished, corpus_dir):
         assert v.ratio.low <= v.ratio.point <= v.ratio.high
     assert summary.ci_level == pytest.approx(0.9) and summary.margin == 0.1
     assert {row["source"] for row in summary.by_source} == {str(corpus_dir)}
+    for row, v in zip(summary.by_source, summary.budgets, strict=True):
+        # one source: its verdict is the run's
+        assert (row["ratio"], row["ratio_low"], row["ratio_high"]) == (
+            v.ratio.point,
+            v.ratio.low,
+            v.ratio.high,
+        )
+        assert row["call"] == v.call and row["n_documents"] == summary.n_documents
     assert Summary.from_json(summary.to_json()) == summary
     plan = read_plan(layout)
     assert plan.budgets == (0.3, 0.5) and set(plan.fitted) == set(arms.FITTED)
@@ -87,6 +95,16 @@ def test_the_documents_split_reproducibly_and_never_overlap():
     assert (cal, ev) == split_documents(docs, 0.5, seed=3)
     assert cal != split_documents(docs, 0.5, seed=4)[0]
     assert len(split_documents(docs[:2], 0.9, seed=0)[1]) == 1
+    mixed = docs + [Document(f"b{i}", "books", "text") for i in range(4)]
+    for seed in range(6):  # each source on both sides, half each
+        cal, ev = split_documents(mixed, 0.5, seed=seed)
+        assert (
+            sorted(d.source for d in cal)
+            == sorted(d.source for d in ev)
+            == ["books"] * 2 + ["s"] * 6
+        )
+    alone = [Document("a", "x", "t"), Document("b", "y", "t")]  # one document per source
+    assert sorted(map(len, split_documents(alone, 0.5, seed=0))) == [1, 1]
     with pytest.raises(SpectraError, match="at least 2 documents"):
         split_documents(docs[:1], 0.5, seed=0)
 

@@ -54,3 +54,34 @@ def test_the_summary_round_trips_through_json():
     )  # fmt: skip
     summary = vd.Summary("q", "v", 0.1, 0.05, 0.9, 24, [b], {"met": True})
     assert vd.Summary.from_json(summary.to_json()) == summary
+
+
+def test_each_source_gets_its_own_verdict():
+    """qnorm halves KL on the books and changes nothing on the code: the per-source calls say so,
+    each on its own documents."""
+    import pandas as pd
+
+    from spectra_interp.budget.arms import ARMS, CONTROL, PROPOSAL
+    from spectra_interp.budget.curves import Masked, combos, source_table
+    from spectra_interp.stats.clusters import DOCUMENT, Clusters
+
+    budgets = (0.3,)
+    index = {combo: c for c, combo in enumerate(combos(budgets))}
+    rng = np.random.default_rng(0)
+    n_windows, n_tokens = 40, 8
+    kl = rng.uniform(0.9, 1.1, size=(n_windows, len(index), n_tokens))
+    sources = pd.Series(["books"] * 20 + ["code"] * 20)
+    books = (sources == "books").to_numpy()
+    kl[books, index[(PROPOSAL, 0.3)]] *= 0.5
+    kl[~books, index[(CONTROL, 0.3)]] = kl[~books, index[(PROPOSAL, 0.3)]]
+    zeros = np.zeros((n_windows, len(index), 1, 1))
+    masked = Masked(kl, kl, kl > 0, zeros, zeros, zeros[..., 0, 0], n_queries=1, n_kv_heads=1)
+    clusters = Clusters(np.arange(n_windows), DOCUMENT)
+    rows = source_table(
+        masked, budgets, sources, clusters, alpha=0.05, margin=0.1, n_boot=200, seed=0
+    )
+    by = {row["source"]: row for row in rows}
+    assert by["books"]["call"] == vd.HELPS and by["books"]["ratio_high"] < 0.6
+    assert by["code"]["call"] == vd.NO_EFFECT
+    assert by["books"]["n_documents"] == by["code"]["n_documents"] == 20
+    assert set(by["books"]) >= set(ARMS)

@@ -89,6 +89,23 @@ def test_select_windows_spreads_across_documents():
     assert len(set(docs[uniform])) < 12  # what stratifying avoids: the big book dominates
 
 
+def test_select_windows_lets_the_sources_take_turns():
+    # 3 long books and 40 short code files: by documents alone, 8 windows are mostly code
+    docs = np.repeat(np.arange(43), [50, 50, 50] + [1] * 40)
+    sources = np.where(docs < 3, "books", "code")
+    assert select_windows(docs, 20, 0, np.full(len(docs), "one")).tolist() == (
+        select_windows(docs, 20, 0).tolist()
+    )  # one source: the unstratified order
+    for seed in range(5):
+        chosen = select_windows(docs, 8, seed, sources)
+        assert len(set(docs[chosen])) == 8  # one window per document while documents last
+        assert set(docs[chosen]) >= {0, 1, 2}  # every book
+        alone = select_windows(docs, 8, seed)
+        assert len(set(docs[alone]) & {0, 1, 2}) < 3  # without the sources' turns, never all
+    chosen = select_windows(docs, 50, 0, sources)
+    assert len(set(docs[chosen])) == 43 and np.bincount(docs[chosen])[:3].sum() == 10
+
+
 def test_stride_overlaps_windows(small_docs, tok):
     w = make_windows(small_docs[:1], tok, 256, stride=64)
     assert w.meta.token_offset.tolist()[:3] == [0, 64, 128]
