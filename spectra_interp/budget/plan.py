@@ -355,21 +355,12 @@ def make_plan(
     """Fit every fitted arm's allocation on the calibration shards and meet each budget on the
     evaluation shards; the recency scale and the top-p masses likewise. Shards are read one
     window at a time and reduced to sums per cell."""
-    first = geometry.first
-    cal_ids = splits[CAL].meta["window_id"].to_numpy()
-    eval_ids = splits[EVAL].meta["window_id"].to_numpy()
-    n_grid = len(al.FRACTIONS)
-    values: dict[str, list[np.ndarray]] = {name: [] for name in FEATURES}
-    for _, x in _inputs(layout, CAL, cal_ids, geometry, config):
-        for name in FEATURES:
-            values[name].append(x.features[name])
-    n_layers, n_heads = values[arms.QNORM][0].shape[:2]
-    grid = Grid(n_layers, n_heads, config.position_cells, config.feature_cells)
-    features = {
-        name: fit_edges(np.stack(v), geometry.pbin, config.position_cells, config.feature_cells)
-        for name, v in values.items()
-    }
-    del values
+    ids = {split: splits[split].meta["window_id"].to_numpy() for split in (CAL, EVAL)}
+
+    def inputs(split: str) -> Iterator[tuple[dict[str, np.ndarray], WindowInputs]]:
+        return _inputs(layout, split, ids[split], geometry, config)
+
+    features, grid = _feature_edges(inputs(CAL), geometry, config)
     n_cells = {name: grid.n_cells(arms.REGISTRY[name]) for name in arms.FITTED}
     ratio = {name: grid.parent(arms.REGISTRY[name]) for name in arms.FITTED}
 
@@ -381,62 +372,98 @@ def make_plan(
             for name in arms.FITTED
         }
 
+    n_grid = len(al.FRACTIONS)
     calibration = CellSums(n_cells)
-    for shard, x in _inputs(layout, CAL, cal_ids, geometry, config):
+    for shard, x in inputs(CAL):
         cost = cost_curves(geometry.n, geometry.least, x.u).reshape(-1, n_grid)
         calibration.add(cells_of(x), cost, shard["loss"].reshape(-1, n_grid))
     curves = fit_arm_curves({name: calibration.means(name) for name in arms.FITTED}, ratio)
     evaluation = CellSums(n_cells)
     shares = {name: 0.0 for name in arms.TOP_P}
     share_key = {arms.BOUND: "oracle_share", arms.ESTIMATED: "estimated_share"}
-    for shard, x in _inputs(layout, EVAL, eval_ids, geometry, config):
-        evaluation.add(
-            cells_of(x), cost_curves(geometry.n, geometry.least, x.u).reshape(-1, n_grid), None
-        )
+    for shard, x in inputs(EVAL):
+        cost = cost_curves(geometry.n, geometry.least, x.u).reshape(-1, n_grid)
+        evaluation.add(cells_of(x), cost, None)
         for name in arms.TOP_P:
             shares[name] = shares[name] + shard[share_key[name]].sum((0, 1))
-    n_queries = len(eval_ids) * n_heads * n_layers * (config.ctx - first)
+    n_queries = len(ids[EVAL]) * grid.n_heads * grid.n_layers * (config.ctx - geometry.first)
     shares = {name: np.asarray(v) / n_queries for name, v in shares.items()}
     budgets = tuple(sorted(float(b) for b in config.budgets))
-    fitted = {}
-    for name in arms.FITTED:
-        shrunk_loss, cell_cost, count = curves[name]
-        hulls = al.Hulls.of(cell_cost, shrunk_loss)
-        _, eval_mean_cost, eval_count = evaluation.means(name)
-        w_eval = eval_count / eval_count.sum()
-        w_cal = count / count.sum()
-        met = [al.allocate(hulls, w_eval, eval_mean_cost, b) for b in budgets]
-        cal = [al.allocate(hulls, w_cal, cell_cost, b) for b in budgets]
-        fitted[name] = ArmPlan(
-            vertex=hulls.vertex, n_vertices=hulls.n_vertices, cost=hulls.cost, loss=hulls.loss,
-            count=count,
-            low=np.stack([a.low for a in met]), high=np.stack([a.high for a in met]),
-            share_high=np.stack([a.share_high for a in met]), lam=np.array([a.lam for a in met]),
-            cal_low=np.stack([a.low for a in cal]), cal_high=np.stack([a.high for a in cal]),
-            cal_share_high=np.stack([a.share_high for a in cal]),
-            lam_calibration=np.array([a.lam for a in cal]),
-        )  # fmt: skip
-    u = torch.from_numpy(
-        np.stack([x.u for _, x in _inputs(layout, EVAL, eval_ids, geometry, config)])
-    )
-    recency = [
-        arms.solve_log_scale(
-            torch.zeros(u.shape, dtype=torch.float64), u, geometry.fewest[:, first:],
-            geometry.visible[:, first:], b,
-        )[0]
-        for b in budgets
-    ]  # fmt: skip
-    del u
+    fitted = {
+        name: _arm_plan(curves[name], evaluation.means(name), budgets) for name in arms.FITTED
+    }
+    recency = _recency_log_scales([x.u for _, x in inputs(EVAL)], geometry, budgets)
     top_p_mass = {a: [arms.oracle_mass(shares[a], b)[0] for b in budgets] for a in arms.TOP_P}
     plan = Plan(
         budgets=budgets, seed=config.seed, position_cells=config.position_cells,
         feature_cells=config.feature_cells, always_kept_floor=geometry.floor, features=features,
-        fitted=fitted, recency_log_scale=[float(r) for r in recency], top_p_mass=top_p_mass,
+        fitted=fitted, recency_log_scale=recency, top_p_mass=top_p_mass,
         top_p_grid_fraction={a: list(map(float, shares[a])) for a in arms.TOP_P},
     )  # fmt: skip
-    inputs = [x for _, x in _inputs(layout, EVAL, eval_ids, geometry, config)]
     as_written = Plan.from_json(plan.to_json())  # the numbers every process will read back
-    return _with_budgets(as_written, inputs, geometry, n_heads, shares, budgets)
+    evaluated = [x for _, x in inputs(EVAL)]
+    return _with_budgets(as_written, evaluated, geometry, grid.n_heads, shares, budgets)
+
+
+def _feature_edges(
+    calibration: Iterator[tuple[dict[str, np.ndarray], WindowInputs]],
+    geometry: Geometry,
+    config: BudgetConfig,
+) -> tuple[dict[str, Any], Grid]:
+    """The quantile edges of each per-query feature's residual (`fit_edges`) from the calibration
+    windows, and the grid of cells they make."""
+    values: dict[str, list[np.ndarray]] = {name: [] for name in FEATURES}
+    for _, x in calibration:
+        for name in FEATURES:
+            values[name].append(x.features[name])
+    n_layers, n_heads = values[arms.QNORM][0].shape[:2]
+    grid = Grid(n_layers, n_heads, config.position_cells, config.feature_cells)
+    features = {
+        name: fit_edges(np.stack(v), geometry.pbin, config.position_cells, config.feature_cells)
+        for name, v in values.items()
+    }
+    return features, grid
+
+
+def _arm_plan(
+    curve: tuple[np.ndarray, np.ndarray, np.ndarray],
+    evaluated: tuple[Any, np.ndarray, np.ndarray],
+    budgets: tuple[float, ...],
+) -> ArmPlan:
+    """One fitted arm: the lower hulls of its cells' (shrunk) calibration curves, the allocation
+    that meets each budget on the evaluation queries, and the one λ fixed on calibration."""
+    shrunk_loss, cell_cost, count = curve
+    hulls = al.Hulls.of(cell_cost, shrunk_loss)
+    _, eval_mean_cost, eval_count = evaluated
+    w_eval, w_cal = eval_count / eval_count.sum(), count / count.sum()
+    met = [al.allocate(hulls, w_eval, eval_mean_cost, b) for b in budgets]
+    cal = [al.allocate(hulls, w_cal, cell_cost, b) for b in budgets]
+    return ArmPlan(
+        vertex=hulls.vertex, n_vertices=hulls.n_vertices, cost=hulls.cost, loss=hulls.loss,
+        count=count,
+        low=np.stack([a.low for a in met]), high=np.stack([a.high for a in met]),
+        share_high=np.stack([a.share_high for a in met]), lam=np.array([a.lam for a in met]),
+        cal_low=np.stack([a.low for a in cal]), cal_high=np.stack([a.high for a in cal]),
+        cal_share_high=np.stack([a.share_high for a in cal]),
+        lam_calibration=np.array([a.lam for a in cal]),
+    )  # fmt: skip
+
+
+def _recency_log_scales(
+    per_window_u: list[np.ndarray], geometry: Geometry, budgets: tuple[float, ...]
+) -> list[float]:
+    """The recency arm's log scale per budget, met on the evaluation queries."""
+    u = torch.from_numpy(np.stack(per_window_u))
+    first = geometry.first
+    return [
+        float(
+            arms.solve_log_scale(
+                torch.zeros(u.shape, dtype=torch.float64), u, geometry.fewest[:, first:],
+                geometry.visible[:, first:], b,
+            )[0]
+        )
+        for b in budgets
+    ]  # fmt: skip
 
 
 def _with_budgets(
