@@ -9,7 +9,7 @@ Configurations (the same weights, the same tokens, every forward stopped before 
 - cache:  run_with_cache over groups of --layers-per-pass layers;
 - sweep:  the whole default sweep (`spectra sweep`, every default statistic, the trained pass
           only), per window: the difference of the wall times of sweeps of --sweep-windows
-          (e.g. 2 and 6) windows, divided by the difference of their window counts, so loading,
+          (e.g. 3 and 6) windows, divided by the difference of their window counts, so loading,
           start-up and the final statistics cancel. Each sweep is its own process (no peak).
 
 Times are medians of --repeats rounds after a warm-up, the configurations interleaved inside each
@@ -87,10 +87,24 @@ def sweep_per_window(args: argparse.Namespace, ctx: int) -> float:
     import tempfile
 
     n1, n2 = args.sweep_windows
+    check_sweep_windows(n1, n2)
     with tempfile.TemporaryDirectory() as tmp:
         t1 = sweep_seconds(args, ctx, n1, Path(tmp) / "small")
         t2 = sweep_seconds(args, ctx, n2, Path(tmp) / "large")
     return (t2 - t1) / (n2 - n1)
+
+
+def check_sweep_windows(n1: int, n2: int) -> None:
+    """Both sweeps must keep the same number of attention slices (a per-run cost: a hooked
+    forward of each of the first `attention_slices` windows), or their difference counts it."""
+    from spectra_interp.config import SweepConfig
+
+    slices = SweepConfig().attention_slices
+    if not slices <= n1 < n2:
+        raise SystemExit(
+            f"--sweep-windows needs {slices} <= n1 < n2 (a sweep keeps attention slices of "
+            f"min(windows, {slices}) windows, a cost per run, not per window); got {n1},{n2}."
+        )
 
 
 def load(args: argparse.Namespace, ctx: int):
@@ -233,7 +247,10 @@ def main() -> None:
     p.add_argument("--layers-per-pass", type=int, default=4)
     p.add_argument("--no-memory", action="store_true", help="skip the per-process memory runs")
     p.add_argument(
-        "--sweep-windows", default="2,6", help="the two window counts of the sweep configuration"
+        "--sweep-windows",
+        default="3,6",
+        help="the two window counts of the sweep configuration (both at least the sweep's "
+        "attention slices)",
     )
     p.add_argument(
         "--sweep-model",
@@ -250,6 +267,8 @@ def main() -> None:
         return
     args.configs = args.configs.split(",")
     args.sweep_windows = tuple(int(n) for n in args.sweep_windows.split(","))
+    if "sweep" in args.configs:
+        check_sweep_windows(*args.sweep_windows)
     unknown = set(args.configs) - set(CONFIGS)
     if unknown:
         p.error(f"unknown configurations {sorted(unknown)}; choose from {CONFIGS}")

@@ -65,32 +65,71 @@ def capped(logits: Tensor, softcap: float | None) -> Tensor:
 MASS_SLACK = 1e-6
 
 
-# k_eff reads the top weights of a row by `torch.topk` over these prefix lengths before it sorts
-# the whole row: most rows reach the mass within the first few keys.
-KEFF_PREFIXES = (32, 256)
+# k_eff bins each row's keys by log weight below the row's largest, KEFF_BINS_PER_NAT bins per nat
+# (the last bin holding everything further down), so that only the keys of the one bin where the
+# mass is crossed are sorted.
+KEFF_BINS_PER_NAT = 16
+KEFF_BINS = 256
 
 
-def keys_for_mass(p: Float[Tensor, "... key"], mass: float) -> Int[Tensor, "..."]:
+def keys_for_mass(
+    p: Float[Tensor, "... key"],
+    mass: float,
+    log_weight: Float[Tensor, "... key"] | None = None,
+) -> Int[Tensor, "..."]:
     """k_eff: the fewest keys whose weights sum to at least `mass` (weights sorted, largest first).
-    Weights of keys a query cannot see are 0 and never counted.
+    Weights of keys a query cannot see are 0 and never counted. `log_weight`: log p up to a
+    constant per row with maximum 0 (the shifted logits; computed from p if not given).
 
-    The largest weights come from `torch.topk` over a bounded prefix, widened (and at last a full
-    sort) only for the rows whose prefix falls short of the mass: the same sorted values and the
-    same cumulative sums as a full sort, without sorting every row."""
+    Without sorting whole rows: a histogram of each row's mass over bins of log weight finds the
+    bin where the running mass (largest weights first) crosses `mass`; the keys of the bins above
+    are all counted, and only the keys of that bin are sorted. Sums in float64: the count of a
+    full sort whose running sum is exact."""
     goal = mass - MASS_SLACK
     n = p.shape[-1]
-    flat = p.reshape(-1, n)
-    counts = torch.empty(flat.shape[0], dtype=torch.int64, device=p.device)
-    todo = torch.arange(flat.shape[0], device=p.device)
-    for prefix in (*[c for c in KEFF_PREFIXES if c < n], n):
-        rows = flat if todo.numel() == flat.shape[0] else flat[todo]
-        top = torch.topk(rows, prefix, dim=-1, sorted=True).values.cumsum(-1)
-        reached = (top[:, -1] >= goal) if prefix < n else torch.ones_like(todo, dtype=torch.bool)
-        counts[todo[reached]] = (top[reached] < goal).sum(-1) + 1
-        todo = todo[~reached]
-        if todo.numel() == 0:
-            break
-    return counts.reshape(p.shape[:-1])
+    flat = p.reshape(-1, n).double()
+    if log_weight is None:
+        log_weight = torch.log(flat) - torch.log(flat.amax(-1, keepdim=True))
+    bins = (log_weight.reshape(-1, n) * -KEFF_BINS_PER_NAT).clamp_(0, KEFF_BINS - 1).long()
+    crossing, above, counted = _crossing_bin(flat, bins, goal)
+    taken = _keys_for_rest(flat, bins == crossing[:, None], goal - above)
+    return (counted + taken).reshape(p.shape[:-1])
+
+
+def _crossing_bin(
+    p: Float[Tensor, "row key"], bins: Int[Tensor, "row key"], goal: float
+) -> tuple[Int[Tensor, " row"], Float[Tensor, " row"], Int[Tensor, " row"]]:
+    """Per row: the first bin (largest weights first) where the running mass reaches `goal`
+    (the last bin if rounding keeps it short), the mass of the bins before it and their keys."""
+    per_bin = torch.zeros(2, p.shape[0], KEFF_BINS, dtype=torch.float64, device=p.device)
+    per_bin[0].scatter_add_(1, bins, p)
+    per_bin[1].scatter_add_(1, bins, p.new_ones(()).expand_as(p))
+    running, keys = per_bin.cumsum_(2)
+    wanted = running.new_full((p.shape[0], 1), goal)
+    crossing = torch.searchsorted(running.contiguous(), wanted)[:, 0].clamp_(max=KEFF_BINS - 1)
+    last = (crossing - 1).clamp(min=0)[:, None]
+    above = torch.where(crossing > 0, running.gather(1, last)[:, 0], 0)
+    counted = torch.where(crossing > 0, keys.gather(1, last)[:, 0], 0).long()
+    return crossing, above, counted
+
+
+def _keys_for_rest(
+    p: Float[Tensor, "row key"], inside: Bool[Tensor, "row key"], rest: Float[Tensor, " row"]
+) -> Int[Tensor, " row"]:
+    """Per row, the fewest of its `inside` keys (largest first) whose weights sum to `rest`
+    (all of them if they fall short): one sort of just those keys, grouped by row."""
+    row, col = inside.nonzero(as_tuple=True)
+    values = p[row, col]
+    order = torch.argsort(values, descending=True, stable=True)
+    order = order[torch.argsort(row[order], stable=True)]
+    row, values = row[order], values[order]
+    sizes = torch.bincount(row, minlength=p.shape[0])
+    running = values.cumsum(0)
+    start = torch.cumsum(sizes, 0) - sizes
+    before = torch.where(start > 0, running[(start - 1).clamp(min=0)], 0)[row]
+    short = ((running - before) < rest[row]).long()
+    taken = torch.zeros_like(sizes).scatter_add_(0, row, short)
+    return torch.minimum(taken + 1, sizes)
 
 
 # Added to the logits of keys a query cannot see: finite, so that exp gives exactly 0 and 0 times
@@ -105,7 +144,24 @@ def _weights_and_entropy(s: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     t = s - s.amax(-1, keepdim=True)
     e = t.exp()
     z = e.sum(-1)
-    return t, e, z, torch.log(z) - (e * t).sum(-1) / z
+    return t, e, z, torch.log(z) - _dot(e, t) / z
+
+
+def _dot(a: Tensor, b: Tensor) -> Tensor:
+    """sum_k a_k b_k over the last axis (one batched product, no temporary)."""
+    return torch.einsum("...k,...k->...", a, b)
+
+
+def _scaled_weights(t: Tensor, e: Tensor, scales: tuple[float, ...]) -> dict[float, Tensor]:
+    """exp(alpha · t) for each alpha > 0, given e = exp(t): the logits alpha · s shift by their
+    maximum alpha · max s, so their shifted logits are alpha · t. A scale twice one already
+    computed is its square (0.5, 1, 2; 1/sqrt2, sqrt2), the others one exp each."""
+    weights = {1.0: e}
+    for alpha in sorted(scales):
+        if alpha not in weights:
+            half = weights.get(alpha / 2)
+            weights[alpha] = half * half if half is not None else torch.exp(alpha * t)
+    return weights
 
 
 def query_extras(
@@ -123,28 +179,31 @@ def query_extras(
       `keys_for_mass(p, mass)`;
     - `scaled_entropy` [..., scale]: H of softmax(cap(alpha · logits)) for each alpha: the query
       scaled by alpha (the cap, where there is one, applied after the scaling, as it is in the
-      model), as log Z - E_p[t] of the logits t shifted to a maximum of 0;
+      model), as log Z - E_p[t] of the logits t shifted to a maximum of 0; without a cap, from
+      the weights of alpha = 1 (`_scaled_weights`), E_p[alpha · t] = alpha · E_p[t];
     - `gain`: dH/dlog(alpha) at alpha = 1, i.e. -Cov_p(s, ds/dlog alpha) with s the capped
       logits (= -Var_p(s) without a cap).
     """
     z = logits.float()
-    hidden = torch.zeros(allowed.shape, dtype=z.dtype, device=z.device).masked_fill_(
-        ~allowed, HIDDEN
-    )
-
-    def at(alpha: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        return _weights_and_entropy(capped(alpha * z, softcap) + hidden)
-
-    s, e, total, entropy = at(1.0)
-    scaled = [entropy if alpha == 1.0 else at(alpha)[3] for alpha in scales]
-    p, max_attn = e / total[..., None], 1.0 / total
-    ds = z * (1 - torch.tanh(z / softcap) ** 2) if softcap else s
-    mean_s, mean_ds = (p * s).sum(-1, keepdim=True), (p * ds).sum(-1, keepdim=True)
-    # p first: hidden keys have p = 0 exactly, so their huge shifted logits contribute 0
-    gain = -(p * (s - mean_s) * (ds - mean_ds)).sum(-1)
+    s, e, total, entropy = _weights_and_entropy(torch.where(allowed, capped(z, softcap), HIDDEN))
+    if softcap:
+        scaled = [
+            _weights_and_entropy(torch.where(allowed, capped(a * z, softcap), HIDDEN))[3]
+            for a in scales
+        ]
+        ds = torch.where(allowed, z * (1 - torch.tanh(z / softcap) ** 2), 0.0)
+        mean_s, mean_ds = _dot(e, s) / total, _dot(e, ds) / total
+        # e first: hidden keys have e = 0 exactly, so their huge shifted logits contribute 0
+        gain = -_dot(e * (s - mean_s[..., None]), ds - mean_ds[..., None]) / total
+    else:
+        weights = _scaled_weights(s, e, scales)
+        sums = {a: weights[a].sum(-1) for a in scales}
+        scaled = [torch.log(sums[a]) - a * _dot(weights[a], s) / sums[a] for a in scales]
+        centred = s - (_dot(e, s) / total)[..., None]
+        gain = -_dot(e * centred, centred) / total
     return {
-        "max_attn": max_attn,
-        "k_eff": keys_for_mass(p, mass),
+        "max_attn": 1.0 / total,
+        "k_eff": keys_for_mass(e / total[..., None], mass, s),
         "scaled_entropy": torch.stack(scaled, dim=-1),
         "gain": gain,
     }

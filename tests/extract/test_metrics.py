@@ -9,6 +9,7 @@ import torch
 from spectra_interp.config import Q_SCALES
 from spectra_interp.extract.extras import SampleRequest, layer_extras, sampled_logits
 from spectra_interp.metrics import (
+    HIDDEN,
     MASS_SLACK,
     attention_entropy,
     capped,
@@ -87,7 +88,7 @@ def test_sliding_window_caps_keys_seen():
 
 def reference_query_extras(logits, allowed, *, softcap, scales, mass):
     """The extras as first written (issue 24's reference): softmax and special.entr over the full
-    rows for each scale, k_eff from a full sort."""
+    rows for each scale, k_eff from a full sort (exact running sums)."""
     z = logits.float()
     hidden = ~allowed
 
@@ -99,7 +100,7 @@ def reference_query_extras(logits, allowed, *, softcap, scales, mass):
     p = torch.softmax(s.masked_fill(hidden, float("-inf")), dim=-1)
     ds = z.masked_fill(hidden, 0.0) * (1 - torch.tanh(z / softcap) ** 2) if softcap else s
     mean_s, mean_ds = (p * s).sum(-1, keepdim=True), (p * ds).sum(-1, keepdim=True)
-    top = torch.sort(p, dim=-1, descending=True).values.cumsum(-1)
+    top = torch.sort(p.double(), dim=-1, descending=True).values.cumsum(-1)
     return {
         "max_attn": p.max(dim=-1).values,
         "k_eff": (top < mass - MASS_SLACK).sum(-1) + 1,
@@ -134,12 +135,19 @@ def test_query_extras_equal_the_reference(dtype, scale, softcap, window):
 
 @pytest.mark.parametrize("mass", [0.5, 0.9, 0.999, 1.0])
 def test_keys_for_mass_equals_a_full_sort(mass):
+    """The histogram-and-one-bin count equals a full sort's with exact (float64) running sums, on
+    peaked, flat and far-spread rows, with hidden keys, given log weights or not."""
     g = torch.Generator().manual_seed(9)
-    for temperature in (0.1, 1.0, 10.0):  # peaked rows end in the prefix, flat ones need a sort
-        p = torch.softmax(torch.randn(5, 600, generator=g) / temperature, dim=-1)
-        p[0, 300:] = 0.0
-        top = torch.sort(p, dim=-1, descending=True).values.cumsum(-1)
-        assert torch.equal(keys_for_mass(p, mass), (top < mass - MASS_SLACK).sum(-1) + 1)
+    for temperature in (0.02, 0.1, 1.0, 10.0, 1000.0):
+        s = torch.randn(64, 600, generator=g) / temperature
+        s[:8, 300:] = HIDDEN  # keys these queries cannot see
+        s[8:16] = s[8:16].round()  # ties: many keys of equal weight
+        p = torch.softmax(s, dim=-1)
+        top = torch.sort(p.double(), dim=-1, descending=True).values.cumsum(-1)
+        want = (top < mass - MASS_SLACK).sum(-1) + 1
+        assert torch.equal(keys_for_mass(p, mass), want)
+        t = s - s.amax(-1, keepdim=True)
+        assert torch.equal(keys_for_mass(p, mass, t), want)
 
 
 @pytest.mark.parametrize("window", [None, 50])
