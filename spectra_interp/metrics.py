@@ -152,16 +152,25 @@ def _dot(a: Tensor, b: Tensor) -> Tensor:
     return torch.einsum("...k,...k->...", a, b)
 
 
-def _scaled_weights(t: Tensor, e: Tensor, scales: tuple[float, ...]) -> dict[float, Tensor]:
-    """exp(alpha · t) for each alpha > 0, given e = exp(t): the logits alpha · s shift by their
-    maximum alpha · max s, so their shifted logits are alpha · t. A scale twice one already
-    computed is its square (0.5, 1, 2; 1/sqrt2, sqrt2), the others one exp each."""
-    weights = {1.0: e}
-    for alpha in sorted(scales):
-        if alpha not in weights:
-            half = weights.get(alpha / 2)
-            weights[alpha] = half * half if half is not None else torch.exp(alpha * t)
-    return weights
+def _scaled_weights(
+    t: Float[Tensor, "... key"], alphas: tuple[float, ...]
+) -> Float[Tensor, "... alpha key"]:
+    """exp(alpha · t) for each alpha > 0 (1 among them), from the shifted logits t = s - max s:
+    the logits alpha · s shift by their maximum alpha · max s, so theirs are alpha · t. One exp
+    for alpha = 1; a scale twice one already made is its square, half of one its square root
+    (0.5, 1, 2; 1/sqrt2, sqrt2), any other one exp."""
+    out = t.new_empty(*t.shape[:-1], len(alphas), t.shape[-1])
+    made: dict[float, Tensor] = {}
+    for alpha in sorted(alphas, key=lambda a: (a != 1.0, a)):
+        dest = out[..., alphas.index(alpha), :]
+        if alpha / 2 in made:
+            torch.mul(made[alpha / 2], made[alpha / 2], out=dest)
+        elif alpha * 2 in made:
+            torch.sqrt(made[alpha * 2], out=dest)
+        else:
+            torch.exp(torch.mul(t, alpha), out=dest)
+        made[alpha] = dest
+    return out
 
 
 def query_extras(
@@ -179,28 +188,50 @@ def query_extras(
       `keys_for_mass(p, mass)`;
     - `scaled_entropy` [..., scale]: H of softmax(cap(alpha · logits)) for each alpha: the query
       scaled by alpha (the cap, where there is one, applied after the scaling, as it is in the
-      model), as log Z - E_p[t] of the logits t shifted to a maximum of 0; without a cap, from
-      the weights of alpha = 1 (`_scaled_weights`), E_p[alpha · t] = alpha · E_p[t];
+      model), as log Z - E_p[t] of the logits t shifted to a maximum of 0; without a cap, all
+      scales from one set of weights (`_scaled_weights`), E_p[alpha · t] = alpha · E_p[t];
     - `gain`: dH/dlog(alpha) at alpha = 1, i.e. -Cov_p(s, ds/dlog alpha) with s the capped
       logits (= -Var_p(s) without a cap).
     """
     z = logits.float()
-    s, e, total, entropy = _weights_and_entropy(torch.where(allowed, capped(z, softcap), HIDDEN))
     if softcap:
-        scaled = [
-            _weights_and_entropy(torch.where(allowed, capped(a * z, softcap), HIDDEN))[3]
-            for a in scales
-        ]
-        ds = torch.where(allowed, z * (1 - torch.tanh(z / softcap) ** 2), 0.0)
-        mean_s, mean_ds = _dot(e, s) / total, _dot(e, ds) / total
+        return _capped_extras(z, allowed, softcap, scales, mass)
+    t = torch.where(allowed, z, HIDDEN)
+    t = t - t.amax(-1, keepdim=True)
+    alphas = scales if 1.0 in scales else (*scales, 1.0)
+    weights = _scaled_weights(t, alphas)
+    sums = weights.sum(-1)
+    means = torch.einsum("...ak,...k->...a", weights, t) / sums  # E_p[t] at each alpha
+    entropy = torch.log(sums) - torch.tensor(alphas, device=t.device) * means
+    one = alphas.index(1.0)
+    e, total = weights[..., one, :], sums[..., one]
+    centred = t - means[..., one, None]
+    return {
+        "max_attn": 1.0 / total,
+        "k_eff": keys_for_mass(e / total[..., None], mass, t),
+        "scaled_entropy": entropy[..., : len(scales)],
         # e first: hidden keys have e = 0 exactly, so their huge shifted logits contribute 0
-        gain = -_dot(e * (s - mean_s[..., None]), ds - mean_ds[..., None]) / total
-    else:
-        weights = _scaled_weights(s, e, scales)
-        sums = {a: weights[a].sum(-1) for a in scales}
-        scaled = [torch.log(sums[a]) - a * _dot(weights[a], s) / sums[a] for a in scales]
-        centred = s - (_dot(e, s) / total)[..., None]
-        gain = -_dot(e * centred, centred) / total
+        "gain": -_dot(e * centred, centred) / total,
+    }
+
+
+def _capped_extras(
+    z: Float[Tensor, "... key"],
+    allowed: Bool[Tensor, "... key"],
+    softcap: float,
+    scales: tuple[float, ...],
+    mass: float,
+) -> dict[str, Tensor]:
+    """`query_extras` on a soft-capped layer: the cap bends alpha · z, so each scale is its own
+    softmax, and ds/dlog alpha = z (1 - tanh(z / cap)^2)."""
+    s, e, total, _ = _weights_and_entropy(torch.where(allowed, capped(z, softcap), HIDDEN))
+    scaled = [
+        _weights_and_entropy(torch.where(allowed, capped(a * z, softcap), HIDDEN))[3]
+        for a in scales
+    ]
+    ds = torch.where(allowed, z * (1 - torch.tanh(z / softcap) ** 2), 0.0)
+    mean_s, mean_ds = _dot(e, s) / total, _dot(e, ds) / total
+    gain = -_dot(e * (s - mean_s[..., None]), ds - mean_ds[..., None]) / total
     return {
         "max_attn": 1.0 / total,
         "k_eff": keys_for_mass(e / total[..., None], mass, s),
