@@ -101,16 +101,13 @@ def _crossing_bin(
 ) -> tuple[Int[Tensor, " row"], Float[Tensor, " row"], Int[Tensor, " row"]]:
     """Per row: the first bin (largest weights first) where the running mass reaches `goal`
     (the last bin if rounding keeps it short), the mass of the bins before it and their keys."""
-    per_bin = torch.zeros(2, p.shape[0], KEFF_BINS, dtype=torch.float64, device=p.device)
-    per_bin[0].scatter_add_(1, bins, p)
-    per_bin[1].scatter_add_(1, bins, p.new_ones(()).expand_as(p))
-    running, keys = per_bin.cumsum_(2)
+    per_bin = torch.zeros(p.shape[0], KEFF_BINS, dtype=torch.float64, device=p.device)
+    running = per_bin.scatter_add_(1, bins, p).cumsum_(1)
     wanted = running.new_full((p.shape[0], 1), goal)
-    crossing = torch.searchsorted(running.contiguous(), wanted)[:, 0].clamp_(max=KEFF_BINS - 1)
+    crossing = torch.searchsorted(running, wanted)[:, 0].clamp_(max=KEFF_BINS - 1)
     last = (crossing - 1).clamp(min=0)[:, None]
     above = torch.where(crossing > 0, running.gather(1, last)[:, 0], 0)
-    counted = torch.where(crossing > 0, keys.gather(1, last)[:, 0], 0).long()
-    return crossing, above, counted
+    return crossing, above, (bins < crossing[:, None]).sum(1)
 
 
 def _keys_for_rest(

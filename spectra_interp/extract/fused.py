@@ -142,21 +142,26 @@ def rounding_estimate(
 def exact_entropy_rows(
     q: Float[Tensor, "b h t d"],
     k: Float[Tensor, "b h s d"],
-    allowed: Bool[Tensor, "b_or_1 1 t s"],
+    allowed: Bool[Tensor, "b_or_1 1 t s"] | None,
     scale: float,
     rows: Bool[Tensor, "b h t"],
     softcap: float | None = None,
 ) -> Float[Tensor, " n"]:
     """The entropy of the queries `rows` selects (in `rows.nonzero()` order) in float64, from
     the scores of the same q and k (soft-capped where the model caps them): the reference a
-    kernel's value is replaced by."""
+    kernel's value is replaced by. `allowed` None: causal (each query sees the keys up to its
+    own position, the last query the last key), without building the square mask."""
     out = torch.empty(int(rows.sum()), dtype=torch.float64, device=q.device)
+    offset = k.shape[2] - q.shape[2]
     done = 0
     for b, h in rows.any(-1).nonzero().tolist():
         positions = rows[b, h].nonzero()[:, 0]
         for r0 in range(0, positions.numel(), EXACT_BLOCK):
             t = positions[r0 : r0 + EXACT_BLOCK]
-            seen = allowed[b % allowed.shape[0], 0, t]
+            if allowed is None:
+                seen = torch.arange(k.shape[2], device=q.device) <= (t + offset)[:, None]
+            else:
+                seen = allowed[b % allowed.shape[0], 0, t]
             keys = int(seen.any(0).nonzero().max()) + 1
             s = capped((q[b, h, t].double() @ k[b, h, :keys].double().T) * scale, softcap)
             s = s.masked_fill(~seen[:, :keys], -math.inf)
@@ -173,14 +178,14 @@ def entropy_from_kernel(
     centred: Float[Tensor, "b h s d"],
     mean_key: Float[Tensor, "b h t d"],
     n_seen: Int[Tensor, "b_or_1 t"],
-    allowed: Callable[[], Bool[Tensor, "b_or_1 1 t s"]],
+    allowed: Callable[[], Bool[Tensor, "b_or_1 1 t s"] | None],
     scale: float,
     tolerance: float,
 ) -> Float[Tensor, "b h t"]:
     """H = log Z - scale · q·(P K') from a kernel run on centred keys K' (its logsumexp, and its
     output on values K'); each row whose `rounding_estimate` exceeds `tolerance` nats, or whose
     value falls outside [0, log(keys seen)], recomputed exactly (`exact_entropy_rows`, with the
-    mask `allowed()` builds), so no clamp is needed."""
+    mask `allowed()` builds; None: causal), so no clamp is needed."""
     entropy = lse.float() - scale * torch.einsum("bhtd,bhtd->bht", q.float(), mean_key.float())
     ceiling = torch.log(n_seen.to(torch.float64)).to(torch.float32)[:, None]
     estimate = rounding_estimate(lse, q, centred, mean_key, scale)
@@ -201,9 +206,8 @@ def flash_cpu_attention(
     """Output and entropy from one call of the CPU flash op on [Q|0], [K'|0], [V|K'] (K' the
     centred keys), in the dtype of q."""
     d = q.shape[-1]
-    centred = centred_keys(k, q.dtype)
     n_q, n_k = q.shape[2], k.shape[2]
-    mask = None
+    mask = allowed = None  # causal: the kernel's own flag, and no square mask for the exact rows
     if attention_mask is None:
         n_seen = (torch.arange(n_q, device=q.device) + n_k - n_q + 1)[None]
     else:
@@ -212,20 +216,19 @@ def flash_cpu_attention(
         mask = torch.zeros(allowed.shape, dtype=q.dtype, device=q.device).masked_fill_(
             ~allowed, -math.inf
         )
-    zeros = torch.zeros_like(q)
+    # [Q | 0] and [K' | 0] written into zeroed buffers (no separate zero tensors to join)
+    padded_q = q.new_zeros(*q.shape[:-1], 2 * d)
+    padded_q[..., :d] = q
+    padded_k = q.new_zeros(*k.shape[:-1], 2 * d)
+    padded_k[..., :d] = centred_keys(k, q.dtype)
+    centred = padded_k[..., :d]
     both, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
-        torch.cat([q, zeros], dim=-1),
-        torch.cat([centred, torch.zeros_like(centred)], dim=-1),
-        torch.cat([v, centred], dim=-1),
-        0.0,
-        attention_mask is None,
-        attn_mask=mask,
-        scale=scale,
-    )
-    del zeros
+        padded_q, padded_k, torch.cat([v, centred], dim=-1), 0.0, attention_mask is None,
+        attn_mask=mask, scale=scale,
+    )  # fmt: skip
+    del padded_q
     entropy = entropy_from_kernel(
-        lse, q, k, centred, both[..., d:], n_seen,
-        lambda: allowed_mask(attention_mask, n_q, n_k, q.device), scale, tolerance,
+        lse, q, k, centred, both[..., d:], n_seen, lambda: allowed, scale, tolerance
     )  # fmt: skip
     return both[..., :d], entropy
 
