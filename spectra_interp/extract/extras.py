@@ -16,7 +16,7 @@ from spectra_interp.metrics import query_extras, visible_keys
 # logits and the temporaries made from them stay near the core's cache and the blocks follow the
 # causal triangle closely: the 256 sampled queries' extras took 0.78, 0.61 and 0.72 s per window
 # in blocks of 8, 16 and 32 (SmolLM2, 1536 tokens, 2 cores, median of 4 interleaved rounds).
-# Elsewhere (a GPU): large blocks, as every block costs kernel launches.
+# Elsewhere (a GPU): large blocks, as every block costs kernel launches (not measured: no GPU lent).
 EXTRAS_BLOCK = {"cpu": 16}
 EXTRAS_BLOCK_ELSEWHERE = 256
 
