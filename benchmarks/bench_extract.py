@@ -86,8 +86,7 @@ def sweep_per_window(args: argparse.Namespace, ctx: int) -> float:
     """Marginal seconds per window of the default sweep: (t(n2) - t(n1)) / (n2 - n1)."""
     import tempfile
 
-    n1, n2 = args.sweep_windows
-    check_sweep_windows(n1, n2)
+    n1, n2 = args.sweep_windows  # checked by main (check_sweep_windows)
     with tempfile.TemporaryDirectory() as tmp:
         t1 = sweep_seconds(args, ctx, n1, Path(tmp) / "small")
         t2 = sweep_seconds(args, ctx, n2, Path(tmp) / "large")

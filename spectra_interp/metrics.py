@@ -221,11 +221,12 @@ def _capped_extras(
 ) -> dict[str, Tensor]:
     """`query_extras` on a soft-capped layer: the cap bends alpha · z, so each scale is its own
     softmax, and ds/dlog alpha = z (1 - tanh(z / cap)^2)."""
-    s, e, total, _ = _weights_and_entropy(torch.where(allowed, capped(z, softcap), HIDDEN))
-    scaled = [
-        _weights_and_entropy(torch.where(allowed, capped(a * z, softcap), HIDDEN))[3]
-        for a in scales
-    ]
+    at = {
+        a: _weights_and_entropy(torch.where(allowed, capped(a * z, softcap), HIDDEN))
+        for a in dict.fromkeys((*scales, 1.0))
+    }
+    s, e, total, _ = at[1.0]
+    scaled = [at[a][3] for a in scales]
     ds = torch.where(allowed, z * (1 - torch.tanh(z / softcap) ** 2), 0.0)
     mean_s, mean_ds = _dot(e, s) / total, _dot(e, ds) / total
     gain = -_dot(e * (s - mean_s[..., None]), ds - mean_ds[..., None]) / total

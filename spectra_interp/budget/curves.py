@@ -247,7 +247,7 @@ def source_table(
     for source in sorted(sources.unique()):
         pick = (sources == source).to_numpy()
         tokens = pick.sum() * masked.kl.shape[-1]
-        own = Clusters(pd.factorize(clusters.ids[pick])[0].astype(np.int64), clusters.unit)
+        own = clusters.rows(pick)
         called = verdicts(masked.rows(pick), budgets, own, **inference)
         for b, v in zip(sorted(budgets), called, strict=True):
             per_arm = {arm: float(kl[pick, index[(arm, float(b))]].sum() / tokens) for arm in ARMS}

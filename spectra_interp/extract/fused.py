@@ -159,7 +159,7 @@ def exact_entropy_rows(
         for r0 in range(0, positions.numel(), EXACT_BLOCK):
             t = positions[r0 : r0 + EXACT_BLOCK]
             if allowed is None:
-                seen = torch.arange(k.shape[2], device=q.device) <= (t + offset)[:, None]
+                seen = visible_keys(t + offset, k.shape[2], None)
             else:
                 seen = allowed[b % allowed.shape[0], 0, t]
             keys = int(seen.any(0).nonzero().max()) + 1

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from jaxtyping import Int
+from jaxtyping import Bool, Int
 
 MIN_DOCUMENTS = 8
 DOCUMENT, WINDOW = "document", "window"
@@ -40,6 +40,10 @@ class Clusters:
         if len(uniques) >= MIN_DOCUMENTS:
             return cls(ids.astype(np.int64), DOCUMENT)
         return cls.windows(len(meta))
+
+    def rows(self, pick: Bool[np.ndarray, " window"]) -> Clusters:
+        """The windows `pick` selects, their clusters renumbered from 0 in order of appearance."""
+        return Clusters(pd.factorize(self.ids[pick])[0].astype(np.int64), self.unit)
 
     def sum(self, per_window: np.ndarray) -> np.ndarray:
         """Per-window sums added up per cluster: [window, ...] -> [cluster, ...]."""
